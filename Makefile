@@ -1,0 +1,52 @@
+# softmax-approx — `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is pinned here, first, because a looser requirement lets pip pick a multi-GB CUDA
+# build; override on a GPU machine, e.g. `make setup TORCH_SPEC="torch==2.13.0 --index-url ..."`.
+TORCH_SPEC ?= torch==2.13.0
+PROFILE ?= smoke
+OUT ?= outputs/reproduce/$(PROFILE)
+DATA_DIR ?= ../shared/data
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed ## create .venv with torch (CPU) and the project + test extras
+
+test: setup ## run the default (fast) test suite
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-slow: setup ## run only the slow tests (resume, DDP, CLI sweeps)
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+test-all: setup ## run every test
+	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
+
+bench: setup ## attention memory/speed/gradient benchmark (core library)
+	$(PY) -m softmax_approx.bench --json $(OUT)/bench.json
+
+data: setup ## download and cache every dataset into DATA_DIR (needs network)
+	$(PY) -m softmax_approx.data download all --data-dir $(DATA_DIR)
+
+reproduce: setup ## run every experiment of PROFILE into OUT, then render tables and figures
+	$(PY) -m softmax_approx.reproduce run --profile $(PROFILE) --out $(OUT) --data-dir $(DATA_DIR)
+
+tables: setup ## re-render OUT/tables and OUT/figures from existing results.json files
+	$(PY) -m softmax_approx.report --out $(OUT)
+
+clean: ## remove build artefacts (keeps .venv and outputs)
+	rm -rf .pytest_cache build dist src/*.egg-info
+
+.PHONY: help setup test test-slow test-all bench data reproduce tables clean
