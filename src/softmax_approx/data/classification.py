@@ -1,0 +1,214 @@
+"""Text classification DataModule for SST-2 and IMDB.
+
+Splits (say these in any table):
+
+* **sst2**: GLUE's test labels are not public, so GLUE **dev** (872 rows) is our **test**
+  split; ``val_size`` rows (default 872) are held out of GLUE train with ``random.Random(seed)``
+  for model selection, the rest (66,477 by default) is trained on.
+* **imdb**: official train/test (25,000 each); ``val_size`` reviews (default 1,000) are held
+  out of train with the same seeded rule.
+
+The held-out slice depends only on ``(val_size, seed)``, never on ``subset``. ``subset``
+(e.g. ``{"train": 2000, "val": 200, "test": 500}``) then caps each split with a seeded sample,
+for the smoke profile. Texts are truncated to ``max_len`` tokens (the head is kept; with
+``prepend_cls`` the first token is ``<cls>`` and counts towards ``max_len``).
+
+The WordPiece tokenizer is trained on the (full, un-subsetted) training part only and cached
+under ``cache_dir`` (default ``<data_dir>/.cache``, or ``~/.cache/softmax_approx`` when the
+data folder is read-only).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from softmax_approx.data.batching import BucketBatchSampler, ClassificationCollator
+from softmax_approx.data.files import check_files, input_signature, resolve_cache_dir
+from softmax_approx.data.readers import TextExample, holdout_split, read_glue_sst2, read_imdb, seeded_subset
+from softmax_approx.data.tokenizer import load_or_train
+from softmax_approx.data import tokenizer as tokmod
+from softmax_approx.utils.errors import ConfigError
+
+DEFAULT_VAL_SIZE = {"sst2": 872, "imdb": 1000}
+TEST_SPLIT_NAME = {
+    "sst2": "sst2 dev (GLUE; test labels not public)",
+    "imdb": "imdb test (official, 25,000 reviews)",
+}
+NUM_CLASSES = 2
+
+
+class _ListDataset(torch.utils.data.Dataset):
+    def __init__(self, items: list[dict]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+def _check_subset(subset: Any) -> dict[str, int | None]:
+    if subset is None:
+        return {"train": None, "val": None, "test": None}
+    subset = dict(subset)
+    bad = set(subset) - {"train", "val", "test"}
+    if bad:
+        raise ConfigError(f"data.subset: unknown split(s) {sorted(bad)}; allowed keys: train, val, test")
+    out: dict[str, int | None] = {}
+    for k in ("train", "val", "test"):
+        v = subset.get(k)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ConfigError(f"data.subset.{k}={v!r}: must be a positive integer or null")
+        out[k] = v
+    return out
+
+
+class ClassificationDataModule(L.LightningDataModule):
+    """SST-2 / IMDB: reader -> seeded splits -> WordPiece -> length-bucketed padded batches."""
+
+    def __init__(
+        self,
+        task: str = "sst2",
+        data_dir: str = "data",
+        cache_dir: str | None = None,
+        max_len: int = 128,
+        vocab_size: int = 16000,
+        batch_size: int | None = 32,
+        max_tokens: int | None = None,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        subset: dict | None = None,
+        val_size: int | float | None = None,
+        seed: int = 0,
+        prepend_cls: bool = False,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        if task not in DEFAULT_VAL_SIZE:
+            raise ConfigError(f"data.task={task!r}: allowed classification tasks: sst2, imdb")
+        if max_len < 2:
+            raise ConfigError(f"data.max_len={max_len}: must be >= 2")
+        if vocab_size < 100:
+            raise ConfigError(f"data.vocab_size={vocab_size}: must be >= 100")
+        self.task = task
+        self.data_dir = Path(data_dir)
+        self.cache_dir = resolve_cache_dir(self.data_dir, cache_dir)
+        self.max_len = int(max_len)
+        self.requested_vocab_size = int(vocab_size)
+        self.batch_size = batch_size
+        self.max_tokens = max_tokens
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.subset = _check_subset(subset)
+        self.val_size = DEFAULT_VAL_SIZE[task] if val_size is None else val_size
+        self.seed = int(seed)
+        self.prepend_cls = prepend_cls
+        self.pin_memory = pin_memory
+        self.num_classes = NUM_CLASSES
+        self.test_split_name = TEST_SPLIT_NAME[task]
+        self.tokenizer = None
+        self.datasets: dict[str, _ListDataset] = {}
+        self.setup_seconds: float | None = None
+        self.tokenizer_path: Path | None = None
+
+    # ------------------------------------------------------------------ cheap checks
+    def check_files(self) -> dict[str, Path]:
+        """Raise DataError naming missing files and the download command (reads nothing)."""
+        return check_files(self.task, self.data_dir)
+
+    # ------------------------------------------------------------------ setup
+    def _read(self) -> tuple[list[TextExample], list[TextExample], Path | list[Path]]:
+        files = self.check_files()
+        if self.task == "sst2":
+            return read_glue_sst2(files["train"]), read_glue_sst2(files["dev"]), [files["train"]]
+        imdb = read_imdb(files["imdb"].parent)
+        return imdb["train"], imdb["test"], [files["imdb"]]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        t0 = time.perf_counter()
+        train_all, test, tok_inputs = self._read()
+        kept, held = holdout_split(len(train_all), self.val_size, self.seed, what=f"{self.task} train")
+        train = [train_all[i] for i in kept]
+        val = [train_all[i] for i in held]
+        self.split_sizes_full = {"train": len(train), "val": len(val), "test": len(test)}
+
+        settings = {
+            "kind": "classification",
+            "task": self.task,
+            "vocab_size": self.requested_vocab_size,
+            "val_size": self.val_size,
+            "seed": self.seed,
+            "inputs": input_signature(tok_inputs),
+        }
+        self.tokenizer_path = tokmod.cache_path(self.cache_dir, self.task, settings)
+        self.tokenizer = load_or_train(
+            "classification", self.tokenizer_path, lambda: (e.text for e in train), self.requested_vocab_size
+        )
+        self.vocab_size = self.tokenizer.get_vocab_size()
+        self.pad_id = self.tokenizer.token_to_id("<pad>")
+        self.unk_id = self.tokenizer.token_to_id("<unk>")
+        self.cls_id = self.tokenizer.token_to_id("<cls>")
+
+        splits = {"train": train, "val": val, "test": test}
+        for i, name in enumerate(("train", "val", "test")):
+            rows = seeded_subset(splits[name], self.subset[name], self.seed + 1 + i)
+            self.datasets[name] = _ListDataset(self._encode(rows))
+        self.setup_seconds = time.perf_counter() - t0
+
+    def _encode(self, rows: list[TextExample]) -> list[dict]:
+        assert self.tokenizer is not None
+        encs = self.tokenizer.encode_batch([r.text for r in rows], add_special_tokens=False)
+        room = self.max_len - (1 if self.prepend_cls else 0)
+        out = []
+        for r, enc in zip(rows, encs):
+            ids = enc.ids[:room] or [self.unk_id]
+            if self.prepend_cls:
+                ids = [self.cls_id, *ids]
+            out.append({"ids": ids, "label": r.label})
+        return out
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of one text exactly as the batches would hold them."""
+        return self._encode([TextExample(text, 0)])[0]["ids"]
+
+    # ------------------------------------------------------------------ loaders
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        if not self.datasets:
+            raise RuntimeError("call setup() before asking for a dataloader")
+        ds = self.datasets[split]
+        bs = self.batch_size if train else self.eval_batch_size
+        sampler = BucketBatchSampler(
+            [len(e["ids"]) for e in ds.items],
+            batch_size=bs if self.max_tokens is None else None,
+            max_tokens=self.max_tokens,
+            shuffle=train,
+            seed=self.seed,
+        )
+        if train and self.trainer is not None:
+            sampler.set_epoch(self.trainer.current_epoch)
+        return DataLoader(
+            ds,
+            batch_sampler=sampler,
+            collate_fn=ClassificationCollator(self.pad_id),
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)

@@ -1,0 +1,125 @@
+"""Which files each task needs, a cheap presence check, and where caches go.
+
+Why: the config validator must tell a user that data is missing *before* a run starts, with
+the exact paths and the command that fetches them, without reading or tokenizing anything.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from softmax_approx.utils.errors import DataError
+
+TASKS = ("sst2", "imdb", "multi30k", "iwslt14", "iwslt14_mini")
+IWSLT_SUBDIR = "iwslt14/iwslt14.tokenized.de-en"
+
+
+def fetch_command(task: str, data_dir: str | Path = "DIR") -> str:
+    """The command that puts ``task``'s files into ``data_dir``."""
+    if task in ("iwslt14", "iwslt14_mini"):
+        return (
+            f"python -m softmax_approx.data prepare-iwslt14 --tgz PATH/TO/de-en.tgz --data-dir {data_dir}"
+            " (IWSLT'14 is not redistributable: supply the original de-en.tgz)"
+        )
+    return f"python -m softmax_approx.data download {task} --data-dir {data_dir} (or `make data`)"
+
+
+def _first_existing(*candidates: Path) -> Path:
+    for c in candidates:
+        if c.exists():
+            return c
+    return candidates[0]
+
+
+def expected_files(task: str, data_dir: str | Path) -> dict[str, list[Path]]:
+    """Per logical file, the accepted paths (any one of them suffices), without touching disk."""
+    d = Path(data_dir)
+    if task == "sst2":
+        return {"train": [d / "sst2/train.tsv"], "dev": [d / "sst2/dev.tsv"]}
+    if task == "imdb":
+        return {"imdb": [d / "imdb/aclImdb", d / "imdb/aclImdb.tar.gz"]}
+    if task == "multi30k":
+        out = {}
+        for split in ("train", "val", "test_2016_flickr"):
+            for lang in ("de", "en"):
+                out[f"{split}.{lang}"] = [d / f"multi30k/{split}.{lang}.gz", d / f"multi30k/{split}.{lang}"]
+        return out
+    if task in ("iwslt14", "iwslt14_mini"):
+        splits = ("train", "valid", "test") if task == "iwslt14" else ("valid", "test")
+        return {f"{s}.{lang}": [d / IWSLT_SUBDIR / f"{s}.{lang}"] for s in splits for lang in ("de", "en")}
+    raise DataError(f"task={task!r}: unknown data task; allowed: {', '.join(TASKS)}")
+
+
+def resolve_files(task: str, data_dir: str | Path) -> dict[str, Path]:
+    """The existing path of each logical file (first accepted one that exists)."""
+    return {k: _first_existing(*v) for k, v in expected_files(task, data_dir).items()}
+
+
+def check_files(task: str, data_dir: str | Path) -> dict[str, Path]:
+    """Raise a one-line DataError listing missing files and the fetch command; else return paths.
+
+    Cheap: only ``stat`` calls, nothing is read.
+    """
+    missing = []
+    for alternatives in expected_files(task, data_dir).values():
+        if not any(p.exists() for p in alternatives):
+            missing.append(" or ".join(str(p) for p in alternatives))
+    if missing:
+        raise DataError(
+            f"task {task}: missing data file(s) {'; '.join(missing)}; fetch them with "
+            f"`{fetch_command(task, data_dir)}`"
+        )
+    return resolve_files(task, data_dir)
+
+
+def _writable_dir(path: Path) -> bool:
+    """True when ``path`` (or its nearest existing parent) may be written to.
+
+    Besides ``os.access`` it honours the permission bits: a folder whose mode grants no write
+    bit (like a read-only shared data folder) counts as read-only even for root, who
+    ``os.access`` always says may write.
+    """
+    p = path
+    while not p.exists():
+        if p.parent == p:
+            return False
+        p = p.parent
+    try:
+        mode = p.stat().st_mode
+    except OSError:
+        return False
+    return os.access(p, os.W_OK) and bool(mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+def default_user_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "softmax_approx"
+
+
+def resolve_cache_dir(data_dir: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """``cache_dir`` when given; else ``<data_dir>/.cache`` if writable; else the user cache."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    local = Path(data_dir) / ".cache"
+    if _writable_dir(local):
+        return local
+    return default_user_cache()
+
+
+def input_signature(paths: list[Path]) -> list[tuple[str, int, int]]:
+    """(name, size, mtime_ns) of each input; folders are summarised by their tree."""
+    sig = []
+    for p in paths:
+        if p.is_dir():
+            n, size, mtime = 0, 0, 0
+            for f in p.rglob("*"):
+                if f.is_file():
+                    st = f.stat()
+                    n, size, mtime = n + 1, size + st.st_size, max(mtime, st.st_mtime_ns)
+            sig.append((p.name, size * 1000003 + n, mtime))
+        else:
+            st = p.stat()
+            sig.append((p.name, st.st_size, st.st_mtime_ns))
+    return sig

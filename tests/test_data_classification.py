@@ -1,0 +1,185 @@
+"""Readers (SST-2, IMDB) and the classification DataModule on tiny real-format fixtures."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from softmax_approx.data import check_files
+from softmax_approx.data import tokenizer as tokmod
+from softmax_approx.data.classification import ClassificationDataModule
+from softmax_approx.data.readers import read_glue_sst2, read_imdb
+from softmax_approx.utils.errors import DataError
+sys.path.insert(0, str(Path(__file__).parent))
+from fixtures_data import imdb_members, write_imdb_tgz, write_imdb_tree, write_sst2
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+def _dm(tmp_path: Path, **kw) -> ClassificationDataModule:
+    args = dict(task="sst2", data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), max_len=16,
+                vocab_size=120, batch_size=4, val_size=10, seed=0)
+    args.update(kw)
+    return ClassificationDataModule(**args)
+
+
+# ---------------------------------------------------------------- SST-2 reader
+def test_sst2_reader_parses_glue_tsv(tmp_path):
+    d = write_sst2(tmp_path, n_train=20, n_dev=6)
+    rows = read_glue_sst2(d / "train.tsv")
+    assert len(rows) == 20
+    assert [r.label for r in rows[:4]] == [0, 1, 0, 1]
+    assert not rows[0].text.endswith(" ")  # GLUE's space before the tab is stripped
+
+
+def test_sst2_malformed_row_names_file_and_line(tmp_path):
+    d = write_sst2(tmp_path, n_train=5)
+    lines = (d / "train.tsv").read_text().splitlines()
+    lines[3] = "a row without any tab"
+    (d / "train.tsv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"train\.tsv:4: expected 2 tab-separated"):
+        read_glue_sst2(d / "train.tsv")
+
+
+def test_sst2_label_two_is_rejected(tmp_path):
+    d = write_sst2(tmp_path, n_train=5)
+    lines = (d / "train.tsv").read_text().splitlines()
+    lines[2] = "fine film \t2"
+    (d / "train.tsv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"train\.tsv:3: label must be 0 or 1, got '2'"):
+        read_glue_sst2(d / "train.tsv")
+
+
+def test_sst2_bad_header_and_empty_file(tmp_path):
+    p = tmp_path / "x.tsv"
+    p.write_text("text\tlabel\nok \t1\n")
+    with pytest.raises(DataError, match=r"x\.tsv:1: expected GLUE SST-2 header"):
+        read_glue_sst2(p)
+    p.write_text("")
+    with pytest.raises(DataError, match=r"x\.tsv: file is empty"):
+        read_glue_sst2(p)
+
+
+# ---------------------------------------------------------------- IMDB reader
+def test_imdb_tree_and_tarball_give_identical_examples(tmp_path):
+    write_imdb_tree(tmp_path / "a", n_per_class=4)
+    write_imdb_tgz(tmp_path / "b", n_per_class=4)
+    a = read_imdb(tmp_path / "a" / "imdb")
+    b = read_imdb(tmp_path / "b" / "imdb")
+    assert a == b
+    assert len(a["train"]) == 8 and len(a["test"]) == 8
+    assert sorted(e.label for e in a["train"]) == [0] * 4 + [1] * 4
+    assert all("<br" not in e.text for e in a["train"])
+
+
+def test_imdb_truncated_tarball_names_file(tmp_path):
+    path = write_imdb_tgz(tmp_path, n_per_class=30)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"aclImdb\.tar\.gz: truncated or corrupt archive"):
+        read_imdb(tmp_path / "imdb")
+
+
+def test_imdb_impossible_rating_is_rejected(tmp_path):
+    members = imdb_members(2)
+    members["aclImdb/train/pos/99_2.txt"] = "a positive review rated 2"
+    write_imdb_tgz(tmp_path, members=members)
+    with pytest.raises(DataError, match=r"99_2\.txt: rating 2 is impossible for a 'pos' review"):
+        read_imdb(tmp_path / "imdb")
+
+
+# ---------------------------------------------------------------- file checks
+def test_missing_files_name_paths_and_download_command(tmp_path):
+    with pytest.raises(DataError) as e:
+        check_files("sst2", tmp_path)
+    msg = str(e.value)
+    assert str(tmp_path / "sst2" / "train.tsv") in msg and str(tmp_path / "sst2" / "dev.tsv") in msg
+    assert "python -m softmax_approx.data download sst2" in msg
+    assert "\n" not in msg
+    with pytest.raises(DataError, match="aclImdb.tar.gz"):
+        _dm(tmp_path, task="imdb").check_files()
+
+
+# ---------------------------------------------------------------- DataModule
+def test_datamodule_batches_follow_contract(tmp_path):
+    write_sst2(tmp_path, n_train=60, n_dev=12)
+    dm = _dm(tmp_path)
+    dm.setup("fit")
+    assert dm.pad_id == 0 and dm.vocab_size <= 120
+    assert dm.split_sizes_full == {"train": 50, "val": 10, "test": 12}
+    assert "test labels not public" in dm.test_split_name
+    seen = 0
+    for batch in dm.train_dataloader():
+        assert set(batch) == {"input_ids", "attention_mask", "labels"}
+        ids, mask, y = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        assert ids.dtype == torch.long and mask.dtype == torch.bool and y.dtype == torch.long
+        assert ids.shape == mask.shape and ids.shape[0] == y.shape[0] <= 4 and ids.shape[1] <= 16
+        assert torch.equal(ids == dm.pad_id, ~mask)  # mask True exactly on real tokens
+        assert mask[:, 0].all() and set(y.tolist()) <= {0, 1}
+        seen += ids.shape[0]
+    assert seen == 50
+    assert sum(b["labels"].numel() for b in dm.test_dataloader()) == 12
+
+
+def test_truncation_to_max_len_and_cls(tmp_path):
+    write_sst2(tmp_path)
+    dm = _dm(tmp_path, max_len=5, prepend_cls=True)
+    dm.setup()
+    ids = dm.encode("the film was good and the plot was great and the acting superb")
+    assert len(ids) == 5 and ids[0] == dm.cls_id
+
+
+def test_tokenizer_cache_is_reused(tmp_path):
+    write_sst2(tmp_path)
+    before = tokmod.TRAIN_COUNT
+    dm1 = _dm(tmp_path)
+    dm1.setup()
+    assert tokmod.TRAIN_COUNT == before + 1
+    assert dm1.tokenizer_path.is_file() and dm1.tokenizer_path.parent == tmp_path / "cache"
+    mtime = dm1.tokenizer_path.stat().st_mtime_ns
+    dm2 = _dm(tmp_path)
+    dm2.setup()
+    assert tokmod.TRAIN_COUNT == before + 1  # loaded, not retrained
+    assert dm2.tokenizer_path == dm1.tokenizer_path and dm2.tokenizer_path.stat().st_mtime_ns == mtime
+    dm3 = _dm(tmp_path, vocab_size=110)  # other settings -> other cache file
+    dm3.setup()
+    assert tokmod.TRAIN_COUNT == before + 2 and dm3.tokenizer_path != dm1.tokenizer_path
+
+
+def test_read_only_data_dir_falls_back_to_user_cache(tmp_path, monkeypatch):
+    write_sst2(tmp_path / "data")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    os.chmod(tmp_path / "data", 0o555)
+    try:
+        dm = ClassificationDataModule(task="sst2", data_dir=str(tmp_path / "data"), vocab_size=120, val_size=5)
+        assert dm.cache_dir == tmp_path / "xdg" / "softmax_approx"
+    finally:
+        os.chmod(tmp_path / "data", 0o755)
+    dm = ClassificationDataModule(task="sst2", data_dir=str(tmp_path / "data"), vocab_size=120, val_size=5)
+    assert dm.cache_dir == tmp_path / "data" / ".cache"
+
+
+def test_subset_caps_are_seeded(tmp_path):
+    write_sst2(tmp_path, n_train=60, n_dev=12)
+    dm = _dm(tmp_path, subset={"train": 7, "val": 3, "test": 5})
+    dm.setup()
+    assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 7, "val": 3, "test": 5}
+    dm2 = _dm(tmp_path, subset={"train": 7, "val": 3, "test": 5})
+    dm2.setup()
+    assert [e["ids"] for e in dm.datasets["train"].items] == [e["ids"] for e in dm2.datasets["train"].items]
+    dm3 = _dm(tmp_path, subset={"train": 7}, seed=1)
+    dm3.setup()
+    assert [e["ids"] for e in dm.datasets["train"].items] != [e["ids"] for e in dm3.datasets["train"].items]
+
+
+def test_imdb_datamodule_from_tarball(tmp_path):
+    write_imdb_tgz(tmp_path, n_per_class=6)
+    dm = _dm(tmp_path, task="imdb", val_size=2, max_len=32)
+    dm.setup()
+    assert dm.split_sizes_full == {"train": 10, "val": 2, "test": 12}
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["input_ids"].shape[0] == 2
