@@ -1,0 +1,286 @@
+"""Storage policies: what the attention softmax keeps for back-propagation.
+
+A policy turns the exact probabilities of the forward pass into a *state* (the tensors kept
+for backward) and turns that state back into dense probabilities for the backward formulas.
+
+    state = policy.compress(probs, valid)       # forward, probs: (..., n), valid: bool or None
+    probs_hat = policy.restore(state, valid)    # backward, dense (..., n), valid: bool tensor
+
+`valid` is the bool mask (True = may attend) broadcast to `probs`'s shape (compress may get
+None when every entry is valid; restore always gets a tensor, possibly an expanded view). Masked entries of `probs` are exactly zero. Policies whose state is not
+derived from the probabilities (`eager`, `recompute`, `sdpa`) are handled by
+:mod:`softmax_approx.core.functional` directly; they still validate parameters here so that a
+bad name or parameter fails the same way everywhere.
+
+Adding a policy: one class here (validated parameters, `compress`, `restore`), its name in
+``POLICIES``, one yaml file in ``conf/attention/``, and its tests.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+StateT = tuple[torch.Tensor, ...]
+
+
+def index_dtype(n: int) -> torch.dtype:
+    """Smallest integer dtype that holds the indices 0..n-1 (no silent uint8 overflow)."""
+    if n <= 256:
+        return torch.uint8
+    if n <= 2**15:
+        return torch.int16
+    if n <= 2**31:
+        return torch.int32
+    return torch.int64
+
+
+def count_valid(valid: torch.Tensor | None, probs: torch.Tensor) -> torch.Tensor:
+    """Number of valid entries per row, shape (..., 1), int64."""
+    if valid is None:
+        return torch.full(probs.shape[:-1] + (1,), probs.shape[-1], dtype=torch.long, device=probs.device)
+    return valid.sum(-1, keepdim=True)
+
+
+class Policy:
+    """Base class. Subclasses are dataclasses whose fields are the policy's parameters."""
+
+    name: ClassVar[str]
+    #: True when the state is derived from the probabilities (compress/restore apply).
+    compresses: ClassVar[bool] = True
+    #: True when the backward rebuilds the probabilities exactly.
+    exact: ClassVar[bool] = False
+
+    def validate(self) -> None:  # pragma: no cover - trivial default
+        """Raise ValueError naming the parameter and the allowed values."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def params(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    def compress(self, probs: torch.Tensor, valid: torch.Tensor | None) -> StateT:
+        raise NotImplementedError
+
+    def restore(self, state: StateT, valid: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{self.name}({args})"
+
+
+@dataclass
+class Eager(Policy):
+    """PyTorch's unfused composition: softmax -> dropout -> @V, each op saving its own input.
+
+    The baseline users run today: keeps the probabilities, the dropout mask and the dropped
+    probabilities (about 12 bytes per score on CPU, 9 on CUDA, 4 without dropout).
+    """
+
+    name: ClassVar[str] = "eager"
+    compresses: ClassVar[bool] = False
+    exact: ClassVar[bool] = True
+
+
+@dataclass
+class Exact(Policy):
+    """The fused function keeping the full probabilities (4 bytes per score in fp32)."""
+
+    name: ClassVar[str] = "exact"
+    exact: ClassVar[bool] = True
+
+    def compress(self, probs, valid):
+        return (probs,)
+
+    def restore(self, state, valid):
+        return state[0]
+
+
+@dataclass
+class Recompute(Policy):
+    """Exact, FlashAttention-style: keep the per-row log-sum-exp, recompute probabilities."""
+
+    name: ClassVar[str] = "recompute"
+    compresses: ClassVar[bool] = False
+    exact: ClassVar[bool] = True
+
+
+@dataclass
+class Sdpa(Policy):
+    """`torch.nn.functional.scaled_dot_product_attention`: the fused-kernel reference."""
+
+    name: ClassVar[str] = "sdpa"
+    compresses: ClassVar[bool] = False
+    exact: ClassVar[bool] = True
+
+
+@dataclass
+class Paper(Policy):
+    """Lee & Lee (NeurIPS 2023): ranks + S largest + S smallest values + one decay rate per row.
+
+    Rows with at most 2S valid entries are kept exactly. The middle of the sorted row is
+    refilled with u_j = h exp(-r j) and rescaled to the row's missing mass; we use
+    N = L - 2S + 1 for every row (the reference code uses N = n for unmasked rows, which only
+    changes the decay's shape before the rescale).
+    """
+
+    S: int = 5
+    name: ClassVar[str] = "paper"
+
+    def validate(self):
+        if isinstance(self.S, bool) or not isinstance(self.S, int) or self.S < 1:
+            raise ValueError(f"policy 'paper': parameter S must be an integer >= 1, got {self.S!r}")
+
+    def compress(self, probs, valid):
+        n, S = probs.shape[-1], self.S
+        L = count_valid(valid, probs)                                        # (..., 1)
+        key = probs if valid is None else probs.masked_fill(~valid, -1.0)    # invalid sort last
+        sorted_vals, order = key.sort(dim=-1, descending=True)
+        ranks = torch.empty_like(order)
+        ranks.scatter_(-1, order, torch.arange(n, device=probs.device).expand_as(order))
+        ranks = ranks.to(index_dtype(n))
+        k = min(S, n)
+        top = sorted_vals[..., :k]                                           # s_1..s_S
+        bottom_idx = (L - k + torch.arange(k, device=probs.device)).clamp(0, n - 1)
+        bottom = sorted_vals.gather(-1, bottom_idx)                          # s_{L-S+1}..s_L
+        h = top[..., k - 1 :]
+        low = bottom[..., :1]
+        e = sorted_vals.gather(-1, torch.clamp(torch.full_like(L, k), max=n - 1))
+        N = (L - 2 * k + 1).clamp(min=1).to(probs.dtype)
+        tiny = torch.finfo(probs.dtype).tiny
+        rate = (torch.log(h.clamp(min=tiny) / low.clamp(min=tiny)) + 2 * (h - e)) / (
+            N * (1 - h).clamp(min=tiny)
+        )
+        rate = rate.clamp(min=0.0)
+        return ranks, top.clamp(min=0), bottom.clamp(min=0), rate.float(), L.to(index_dtype(n + 1))
+
+    def restore(self, state, valid):
+        ranks, top, bottom, rate, L = state
+        n, k = ranks.shape[-1], top.shape[-1]
+        L = L.long()
+        dtype = top.dtype
+        pos = torch.arange(n, device=top.device)                             # sorted position
+        is_top = (pos < k) & (pos < L)
+        is_bottom = (pos >= L - k) & (pos < L) & ~is_top
+        is_mid = (pos >= k) & (pos < L - k)
+        top_full = top.gather(-1, pos.clamp(max=k - 1).expand(*top.shape[:-1], n))
+        bottom_full = bottom.gather(-1, (pos - (L - k)).clamp(0, k - 1))
+        # middle j = 1..L-2S: h exp(-r j), rescaled to the missing mass == mass * softmax(-r j)
+        j = (pos - k + 1).to(torch.float32)
+        logits = (-rate * j).masked_fill(~is_mid, float("-inf"))
+        has_mid = is_mid.any(-1, keepdim=True)
+        shape = torch.softmax(torch.where(has_mid, logits, torch.zeros_like(logits)), dim=-1)
+        kept = top.sum(-1, keepdim=True) + bottom.sum(-1, keepdim=True)  # only used with a middle
+        mass = (1.0 - kept.float()).clamp(min=0.0)
+        mid = (mass * shape).to(dtype)
+        zero = torch.zeros((), dtype=dtype, device=top.device)
+        sorted_hat = torch.where(is_top, top_full, torch.where(is_bottom, bottom_full, torch.where(is_mid, mid, zero)))
+        return sorted_hat.gather(-1, ranks.long())
+
+
+@dataclass
+class TopK(Policy):
+    """Keep the k = ceil(keep_ratio * L) largest probabilities and their indices; refill the
+    evicted valid entries uniformly with the row's missing mass. O(k) memory per row."""
+
+    keep_ratio: float = 0.125
+    name: ClassVar[str] = "topk"
+
+    def validate(self):
+        r = self.keep_ratio
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not (0.0 < float(r) <= 1.0):
+            raise ValueError(f"policy 'topk': parameter keep_ratio must be in (0, 1], got {r!r}")
+        self.keep_ratio = float(r)
+
+    def compress(self, probs, valid):
+        n = probs.shape[-1]
+        L = count_valid(valid, probs)
+        k_row = torch.ceil(L.double() * self.keep_ratio).long().clamp(max=n)          # (..., 1)
+        k_max = max(1, min(n, math.ceil(self.keep_ratio * int(L.max()) - 1e-9))) if L.numel() else 1
+        values, indices = probs.topk(k_max, dim=-1, sorted=True)
+        keep = torch.arange(k_max, device=probs.device) < k_row
+        values = values * keep                                                # drop beyond own k
+        return values.contiguous(), indices.to(index_dtype(n)), L.to(index_dtype(n + 1))
+
+    def restore(self, state, valid):
+        values, indices, L = state
+        n = valid.shape[-1]
+        L = L.long()
+        k_row = torch.ceil(L.double() * self.keep_ratio).long()
+        kept = torch.arange(values.shape[-1], device=values.device) < k_row
+        missing = (1.0 - values.float().sum(-1, keepdim=True)).clamp(min=0.0)
+        fill = (missing / (L - k_row).clamp(min=1)).to(values.dtype)           # uniform refill
+        out = fill.expand(*values.shape[:-1], n).masked_fill(~valid, 0.0)
+        idx = indices.long()
+        return out.scatter(-1, idx, torch.where(kept, values, out.gather(-1, idx)))
+
+
+@dataclass
+class Quant(Policy):
+    """Per-row `bits`-bit linear quantization of the probabilities (activation-compression
+    peers' approach): codes packed 8/bits per byte plus one fp32 scale (the row max) per row."""
+
+    bits: int = 8
+    name: ClassVar[str] = "quant"
+
+    def validate(self):
+        if isinstance(self.bits, bool) or self.bits not in (2, 4, 8):
+            raise ValueError(f"policy 'quant': parameter bits must be one of 2, 4, 8, got {self.bits!r}")
+
+    def compress(self, probs, valid):
+        levels = 2**self.bits - 1
+        n = probs.shape[-1]
+        scale = probs.amax(-1, keepdim=True).float()
+        codes = torch.round(probs.float() / scale.clamp(min=1e-30) * levels).to(torch.uint8)
+        per_byte = 8 // self.bits
+        pad = (-n) % per_byte
+        if pad:
+            codes = torch.nn.functional.pad(codes, (0, pad))
+        codes = codes.view(*codes.shape[:-1], -1, per_byte)
+        packed = torch.zeros(codes.shape[:-1], dtype=torch.uint8, device=probs.device)
+        for i in range(per_byte):
+            packed |= codes[..., i] << (i * self.bits)
+        return packed, scale
+
+    def restore(self, state, valid):
+        packed, scale = state
+        n = valid.shape[-1]
+        levels = 2**self.bits - 1
+        per_byte = 8 // self.bits
+        parts = [(packed >> (i * self.bits)) & levels for i in range(per_byte)]
+        codes = torch.stack(parts, dim=-1).flatten(-2)[..., : int(n)]
+        return (codes.float() * (scale / levels)).to(scale.dtype)
+
+
+POLICIES: dict[str, type[Policy]] = {
+    cls.name: cls for cls in (Eager, Exact, Paper, TopK, Quant, Recompute, Sdpa)
+}
+POLICY_NAMES: tuple[str, ...] = tuple(POLICIES)
+
+
+def make_policy(policy: str | Policy, **params) -> Policy:
+    """Build a validated policy from a name (or pass a Policy through).
+
+    Raises ValueError naming the parameter and what is allowed.
+    """
+    if isinstance(policy, Policy):
+        if params:
+            raise ValueError(f"policy {policy.name!r} is already built; do not pass parameters {sorted(params)}")
+        return policy
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICY_NAMES)}")
+    cls = POLICIES[policy]
+    allowed = set(cls.__dataclass_fields__)
+    unknown = set(params) - allowed
+    if unknown:
+        allowed_txt = ", ".join(sorted(allowed)) or "none"
+        raise ValueError(
+            f"policy {policy!r}: unknown parameter(s) {', '.join(sorted(unknown))}; allowed: {allowed_txt}"
+        )
+    return cls(**params)
