@@ -171,7 +171,7 @@ def test_subset_caps_are_seeded(tmp_path):
     dm2 = _dm(tmp_path, subset={"train": 7, "val": 3, "test": 5})
     dm2.setup()
     assert [e["ids"] for e in dm.datasets["train"].items] == [e["ids"] for e in dm2.datasets["train"].items]
-    dm3 = _dm(tmp_path, subset={"train": 7}, seed=1)
+    dm3 = _dm(tmp_path, subset={"train": 7}, split_seed=1)
     dm3.setup()
     assert [e["ids"] for e in dm.datasets["train"].items] != [e["ids"] for e in dm3.datasets["train"].items]
 

@@ -3,14 +3,16 @@
 Splits (say these in any table):
 
 * **sst2**: GLUE's test labels are not public, so GLUE **dev** (872 rows) is our **test**
-  split; ``val_size`` rows (default 872) are held out of GLUE train with ``random.Random(seed)``
+  split; ``val_size`` rows (default 872) are held out of GLUE train with ``random.Random(split_seed)``
   for model selection, the rest (66,477 by default) is trained on.
 * **imdb**: official train/test (25,000 each); ``val_size`` reviews (default 1,000) are held
   out of train with the same seeded rule.
 
-The held-out slice depends only on ``(val_size, seed)``, never on ``subset``. ``subset``
-(e.g. ``{"train": 2000, "val": 200, "test": 500}``) then caps each split with a seeded sample,
-for the smoke profile. Texts are truncated to ``max_len`` tokens (the head is kept; with
+The held-out slice uses ``random.Random(split_seed)`` (default 0, independent of the run's
+``seed``, so every seed of an experiment sees the same splits) and never depends on
+``subset``. ``subset`` (e.g. ``{"train": 2000, "val": 200, "test": 500}``) then caps each
+split with a sample seeded by ``split_seed``, for the smoke profile. ``seed`` only drives
+the order of the training batches. Texts are truncated to ``max_len`` tokens (the head is kept; with
 ``prepend_cls`` the first token is ``<cls>`` and counts towards ``max_len``).
 
 The WordPiece tokenizer is trained on the (full, un-subsetted) training part only and cached
@@ -87,6 +89,7 @@ class ClassificationDataModule(L.LightningDataModule):
         subset: dict | None = None,
         val_size: int | float | None = None,
         seed: int = 0,
+        split_seed: int = 0,
         prepend_cls: bool = False,
         pin_memory: bool = False,
     ) -> None:
@@ -109,6 +112,7 @@ class ClassificationDataModule(L.LightningDataModule):
         self.subset = _check_subset(subset)
         self.val_size = DEFAULT_VAL_SIZE[task] if val_size is None else val_size
         self.seed = int(seed)
+        self.split_seed = int(split_seed)
         self.prepend_cls = prepend_cls
         self.pin_memory = pin_memory
         self.num_classes = NUM_CLASSES
@@ -136,7 +140,7 @@ class ClassificationDataModule(L.LightningDataModule):
             return
         t0 = time.perf_counter()
         train_all, test, tok_inputs = self._read()
-        kept, held = holdout_split(len(train_all), self.val_size, self.seed, what=f"{self.task} train")
+        kept, held = holdout_split(len(train_all), self.val_size, self.split_seed, what=f"{self.task} train")
         train = [train_all[i] for i in kept]
         val = [train_all[i] for i in held]
         self.split_sizes_full = {"train": len(train), "val": len(val), "test": len(test)}
@@ -146,7 +150,7 @@ class ClassificationDataModule(L.LightningDataModule):
             "task": self.task,
             "vocab_size": self.requested_vocab_size,
             "val_size": self.val_size,
-            "seed": self.seed,
+            "split_seed": self.split_seed,
             "inputs": input_signature(tok_inputs),
         }
         self.tokenizer_path = tokmod.cache_path(self.cache_dir, self.task, settings)
@@ -160,7 +164,7 @@ class ClassificationDataModule(L.LightningDataModule):
 
         splits = {"train": train, "val": val, "test": test}
         for i, name in enumerate(("train", "val", "test")):
-            rows = seeded_subset(splits[name], self.subset[name], self.seed + 1 + i)
+            rows = seeded_subset(splits[name], self.subset[name], self.split_seed + 1 + i)
             self.datasets[name] = _ListDataset(self._encode(rows))
         self.setup_seconds = time.perf_counter() - t0
 
