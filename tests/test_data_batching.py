@@ -10,7 +10,8 @@ import torch
 from softmax_approx.data.batching import BucketBatchSampler, pad_2d
 from softmax_approx.utils.errors import ConfigError
 
-LENGTHS = [random.Random(0).randint(1, 60) for _ in range(1000)]
+_RNG = random.Random(0)
+LENGTHS = [_RNG.randint(1, 60) for _ in range(1000)]
 
 
 def _flat(batches):
