@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from softmax_approx.models.decoding import beam_search, greedy_decode
-from softmax_approx.models.translator import Translator, activation_memory_by_kind, sinusoidal_positions
+from softmax_approx.models.translator import Translator, activation_memory_by_kind
 
 PAD, BOS, EOS, V = 0, 1, 2, 17
 
@@ -83,10 +83,14 @@ def test_tied_and_shared_embeddings():
     assert n(untied) - n(tied) == 2 * V * 16
 
 
-def test_sinusoidal_positions_follow_the_formula():
-    table = sinusoidal_positions(5, 8)
-    assert torch.allclose(table[3, 2], torch.sin(torch.tensor(3 / 10000 ** (2 / 8))))
-    assert torch.allclose(table[3, 3], torch.cos(torch.tensor(3 / 10000 ** (2 / 8))))
+def test_decoding_stops_at_the_position_table():
+    model = tiny(max_len=6).eval()
+    with torch.no_grad():
+        model.output.weight[EOS] = 0.0  # keep eos unlikely enough that the cap decides
+    src, sm, _, _ = batch(seed=2, Ls=5)
+    kw = dict(bos_id=BOS, eos_id=EOS, pad_id=PAD, max_len_a=2.0, max_len_b=10)
+    assert max(len(t) for t in greedy_decode(model, src, sm, **kw).tokens) <= 5
+    assert max(len(t) for t in beam_search(model, src, sm, beam=2, **kw).tokens) <= 5
 
 
 @pytest.mark.parametrize("policy", ["eager", "paper"])

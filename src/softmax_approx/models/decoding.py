@@ -13,7 +13,8 @@ Conventions follow fairseq's ``SequenceGenerator``:
 
 * the maximum output length (in tokens, eos included) of sentence i is
   ``floor(max_len_a * src_len_i + max_len_b)`` with ``src_len_i`` its number of real source
-  tokens; at the last position eos is forced;
+  tokens (capped by ``model.max_positions`` when the model has one); at the last position
+  eos is forced;
 * eos is blocked before ``min_len`` tokens (default 1: no empty translations); pad and bos
   are never generated;
 * beam search keeps ``beam`` live prefixes, looks at the best ``2*beam`` continuations per
@@ -43,10 +44,13 @@ class Hypotheses:
     scores: torch.Tensor  # (B,) float; greedy: log-prob sum, beam: length-normalised
 
 
-def max_lengths(src_mask: torch.Tensor, max_len_a: float, max_len_b: int) -> torch.Tensor:
-    """Per-sentence output limit (eos included): floor(a * src_len + b), at least 1."""
+def max_lengths(src_mask: torch.Tensor, max_len_a: float, max_len_b: int, cap: int | None = None) -> torch.Tensor:
+    """Per-sentence output limit (eos included): floor(a * src_len + b), in [1, cap]."""
     src_len = src_mask.sum(dim=1).to(torch.float64)
-    return torch.clamp(torch.floor(max_len_a * src_len + max_len_b), min=1).to(torch.long)
+    limits = torch.clamp(torch.floor(max_len_a * src_len + max_len_b), min=1)
+    if cap is not None:  # the model's position table: the longest prefix it can read
+        limits = torch.clamp(limits, max=cap)
+    return limits.to(torch.long)
 
 
 def length_penalty(n: torch.Tensor | int, alpha: float, style: str = "fairseq") -> torch.Tensor | float:
@@ -81,7 +85,7 @@ def greedy_decode(model, src_ids, src_mask, *, bos_id, eos_id, pad_id,
     """Pick the most probable token at every step, for the whole batch at once."""
     B = src_ids.size(0)
     memory = model.encode(src_ids, src_mask)
-    limits = max_lengths(src_mask, max_len_a, max_len_b)
+    limits = max_lengths(src_mask, max_len_a, max_len_b, getattr(model, "max_positions", None))
     prefix = torch.full((B, 1), bos_id, dtype=torch.long, device=src_ids.device)
     scores = torch.zeros(B, dtype=torch.float32, device=src_ids.device)
     done = torch.zeros(B, dtype=torch.bool, device=src_ids.device)
@@ -116,7 +120,7 @@ def beam_search(model, src_ids, src_mask, *, bos_id, eos_id, pad_id, beam: int =
     B, K, dev = src_ids.size(0), beam, src_ids.device
     memory = model.encode(src_ids, src_mask).repeat_interleave(K, dim=0)  # (B*K, Ls, d)
     src_mask_k = src_mask.repeat_interleave(K, dim=0)
-    limits = max_lengths(src_mask, max_len_a, max_len_b)
+    limits = max_lengths(src_mask, max_len_a, max_len_b, getattr(model, "max_positions", None))
     limits_k = limits.repeat_interleave(K)
     prefix = torch.full((B * K, 1), bos_id, dtype=torch.long, device=dev)
     # Only beam 0 is live at the start, so the K copies of bos do not yield K equal hypotheses.
