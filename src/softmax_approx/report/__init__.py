@@ -1,0 +1,35 @@
+"""results.json files -> aggregated tables (md, tex, csv) and figures (png, pdf).
+
+Public API (used by `python -m softmax_approx.report`, `reproduce` and the notebook):
+
+    from softmax_approx.report import load_results, aggregate, render_report
+    records = load_results("outputs/reproduce/smoke/runs")
+    report = render_report("outputs/reproduce/smoke")   # writes tables/ and figures/
+    report.tables["quality"].to_markdown()
+"""
+
+from softmax_approx.report.definitions import (
+    Experiment,
+    Setting,
+    build_plan,
+    load_common,
+    load_experiments,
+)
+from softmax_approx.report.figures import plot_fidelity, plot_fidelity_layers, plot_tradeoff
+from softmax_approx.report.render import Report, render_report
+from softmax_approx.report.results import Cell, Record, Stats, aggregate, load_results, stats
+from softmax_approx.report.tables import Table, fidelity_layers, tradeoff_points
+from softmax_approx.report.wandb_source import load_wandb
+
+
+def render_tables(out, **kwargs) -> Report:
+    """Alias of `render_report` (tables and figures are rendered together)."""
+    return render_report(out, **kwargs)
+
+
+__all__ = [
+    "Cell", "Experiment", "Record", "Report", "Setting", "Stats", "Table", "aggregate",
+    "build_plan", "fidelity_layers", "load_common", "load_experiments", "load_results",
+    "load_wandb", "plot_fidelity", "plot_fidelity_layers", "plot_tradeoff", "render_report",
+    "render_tables", "stats", "tradeoff_points",
+]

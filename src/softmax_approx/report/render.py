@@ -1,0 +1,121 @@
+"""Everything `python -m softmax_approx.report` does: results -> tables and figures.
+
+One function, `render_report`, shared by the CLI, `reproduce` and the notebook, so the three
+can never disagree on what a table contains.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from softmax_approx.report import claims as claims_mod
+from softmax_approx.report import figures, tables
+from softmax_approx.report.definitions import (
+    Experiment,
+    common_overrides,
+    load_common,
+    load_experiments,
+    select,
+)
+from softmax_approx.report.io import write_text
+from softmax_approx.report.results import Cell, Record, aggregate, load_results
+from softmax_approx.utils.errors import ConfigError
+
+MANIFEST = "reproduce.json"
+
+
+@dataclass
+class Report:
+    """What was rendered: the tables (objects and files), figures and the cells behind them."""
+
+    profile: str
+    tables: dict[str, tables.Table] = field(default_factory=dict)
+    cells: dict[str, dict] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
+
+
+def infer_profile(out: Path, records: list[Record], profile: str | None) -> str:
+    """--profile, else the profile `reproduce` recorded in OUT/reproduce.json, else the runs'."""
+    if profile:
+        return profile
+    manifest = out / MANIFEST
+    if manifest.exists():
+        try:
+            return str(json.loads(manifest.read_text())["profile"])
+        except (ValueError, KeyError):
+            pass
+    found = sorted({r.profile for r in records if r.profile})
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ConfigError(f"{out}: no results.json with a profile found; pass --profile "
+                          "(smoke, cpu or paper) or point --runs at the run directories")
+    raise ConfigError(f"{out}: runs of several profiles {found}; pass --profile to pick one")
+
+
+def build_cells(exps: list[Experiment], records: list[Record],
+                common: dict[str, Any]) -> dict[str, dict[tuple, Cell]]:
+    ov = common_overrides(common, exps[0].profile) if exps else []
+    return {e.name: aggregate(records, e, ov) for e in exps if e.tasks and e.settings}
+
+
+def render_report(out: Path | str, runs_dir: Path | str | None = None,
+                  records: list[Record] | None = None, profile: str | None = None,
+                  exp_dir: Path | str | None = None, only: list[str] | None = None,
+                  write: bool = True) -> Report:
+    """Load results, aggregate each experiment, write OUT/tables/* and OUT/figures/*."""
+    out = Path(out)
+    if records is None:
+        records = load_results(Path(runs_dir) if runs_dir else out / "runs")
+    profile = infer_profile(out, records, profile)
+    all_exps = load_experiments(profile, exp_dir)
+    exps = select(all_exps, only)
+    by_name = {e.name: e for e in all_exps}
+    common = load_common(exp_dir)
+    kinds = dict(common.get("task_kinds") or {})
+    rep = Report(profile, records=records)
+    rep.cells = build_cells(all_exps, records, common)
+    tdir, fdir = out / "tables", out / "figures"
+
+    def emit(table: tables.Table) -> None:
+        rep.tables[table.name] = table
+        if write:
+            rep.files.extend(table.write(tdir))
+
+    for exp in exps:
+        cells = rep.cells.get(exp.name, {})
+        if exp.kind == "memory":
+            emit(tables.memory_table(exp, cells))
+        elif exp.kind == "quality":
+            emit(tables.quality_table(exp, cells, kinds))
+        elif exp.kind == "fidelity":
+            emit(tables.fidelity_table(exp, cells))
+            layers = tables.fidelity_layers(cells)
+            emit(tables.Table(f"{exp.name}_layers", f"{exp.title}: per layer", profile,
+                              ["task", "setting", "seed", "layer", "cosine", "rel_err"],
+                              [[str(r[k]) for k in ("task", "setting", "seed", "layer",
+                                                     "cosine", "rel_err")] for r in layers],
+                              ["One row per task, setting, seed and attention layer."], layers))
+            if write:
+                fig = figures.plot_fidelity(exp, cells, fdir / exp.name)
+                rep.files += [fdir / f"{exp.name}.png", fdir / f"{exp.name}.pdf"]
+                del fig
+        elif exp.kind == "tradeoff":
+            qexp = by_name.get(str(exp.raw.get("uses_metrics_of", "")), exp)
+            points = tables.tradeoff_points(exp, cells, kinds, qexp)
+            emit(tables.tradeoff_table(exp, points))
+            if write:
+                figures.plot_tradeoff(points, fdir / exp.name, exp.title, profile)
+                rep.files += [fdir / f"{exp.name}.png", fdir / f"{exp.name}.pdf"]
+        elif exp.kind == "claims":
+            emit(claims_mod.claims_table(exp, rep.cells, by_name, kinds))
+    emit(tables.runs_table(records, profile))
+    if write:
+        index = "\n".join(t.to_markdown() for t in rep.tables.values()
+                          if not t.name.endswith("_layers"))
+        rep.files.append(write_text(out / "report.md", index))
+    return rep

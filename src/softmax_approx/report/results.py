@@ -1,0 +1,203 @@
+"""Load results.json files and group them into table cells (task x policy setting, over seeds).
+
+Only `status == "completed"` runs feed numbers; failed ones are kept so a cell with no
+completed seed can say `failed` instead of looking like it was never run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from softmax_approx.report.definitions import Experiment, Setting
+
+STATUS_ORDER = {"completed": 0, "failed": 1, "running": 2}
+
+
+@dataclass
+class Record:
+    """One run's results.json (as a dict) plus where it came from."""
+
+    data: dict[str, Any]
+    path: Path | None = None  # the results.json file (None for W&B runs)
+
+    @property
+    def key(self) -> str | None:
+        """The run-directory name, which `reproduce` makes the run's identity."""
+        return self.path.parent.name if self.path else None
+
+    @property
+    def status(self) -> str:
+        return str(self.data.get("status", "unknown"))
+
+    @property
+    def task(self) -> str | None:
+        return self.data.get("task")
+
+    @property
+    def policy(self) -> str | None:
+        return self.data.get("policy")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.data.get("policy_params") or {})
+
+    @property
+    def seed(self) -> int | None:
+        s = self.data.get("seed")
+        return int(s) if s is not None else None
+
+    @property
+    def profile(self) -> str | None:
+        return self.data.get("profile")
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return dict(self.data.get("metrics") or {})
+
+    @property
+    def memory(self) -> dict[str, Any]:
+        return dict(self.data.get("memory") or {})
+
+    @property
+    def error(self) -> str | None:
+        return self.data.get("error")
+
+
+def load_results(runs_dir: Path | str) -> list[Record]:
+    """Every `results.json` below `runs_dir` (sorted by path). Unreadable files become failed."""
+    runs_dir = Path(runs_dir)
+    records = []
+    for path in sorted(runs_dir.rglob("results.json")):
+        try:
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            data = {"status": "failed", "error": f"unreadable results.json: {exc}"}
+        records.append(Record(data, path))
+    return records
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Mean, sample standard deviation (ddof=1; NaN for n=1) and count."""
+
+    mean: float
+    std: float
+    n: int
+
+    def fmt(self, digits: int = 2, scale: float = 1.0) -> str:
+        if self.n == 0:
+            return "n/a"
+        m = f"{self.mean * scale:.{digits}f}"
+        if self.n == 1 or math.isnan(self.std):
+            return f"{m} (n=1)"
+        return f"{m} ± {self.std * scale:.{digits}f} (n={self.n})"
+
+
+def stats(values: Iterable[float]) -> Stats:
+    vals = [float(v) for v in values if v is not None and not _isnan(v)]
+    if not vals:
+        return Stats(float("nan"), float("nan"), 0)
+    std = statistics.stdev(vals) if len(vals) > 1 else float("nan")
+    return Stats(statistics.fmean(vals), std, len(vals))
+
+
+def _isnan(v: Any) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+@dataclass
+class Cell:
+    """The runs of one (task, policy setting): completed ones feed numbers."""
+
+    task: str
+    setting: Setting
+    completed: list[Record] = field(default_factory=list)
+    failed: list[Record] = field(default_factory=list)
+    expected: int = 0
+
+    @property
+    def status(self) -> str:
+        """`completed`, `failed` (none completed, one failed), or `not run`."""
+        if self.completed:
+            return "completed"
+        return "failed" if self.failed else "not run"
+
+    def values(self, fn: Callable[[Record], Any]) -> Stats:
+        return stats(_num(fn(r)) for r in self.completed)
+
+    def show(self, stat: Stats, digits: int = 2, scale: float = 1.0) -> str:
+        """A table cell: the numbers, or why there are none; notes failed seeds."""
+        if self.status != "completed":
+            return self.status
+        if stat.n == 0:
+            return "not measured"
+        text = stat.fmt(digits, scale)
+        return text + (f" [{len(self.failed)} failed]" if self.failed else "")
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool) or v is None:
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _rank(r: Record) -> tuple[int, str]:
+    finished = str((r.data.get("provenance") or {}).get("finished") or "")
+    # completed first; among equals the most recently finished first
+    return (STATUS_ORDER.get(r.status, 3), "".join(chr(0x10FFFF - ord(c)) for c in finished))
+
+
+def aggregate(
+    records: list[Record], exp: Experiment, common_overrides: list[str] | None = None
+) -> dict[tuple[str, Setting], Cell]:
+    """Cells of `exp`: for each task x setting, the best record of each planned seed.
+
+    With `common_overrides` (the profile's shared overrides, as `reproduce` used them) a
+    record is matched to a planned run by its directory name, the run key. Otherwise, and for
+    records without a known key (W&B, hand-made directories), by their fields: task, policy,
+    the setting's parameters, seed and profile.
+    """
+    by_key: dict[str, list[Record]] = {}
+    for r in records:
+        if r.key:
+            by_key.setdefault(r.key, []).append(r)
+    keys: dict[tuple[str, Setting, int], str] = {}
+    if common_overrides is not None:
+        for spec in exp.runs(common_overrides):
+            keys[(spec.task, spec.setting, spec.seed)] = spec.key
+    planned = set(keys.values())
+    loose = [r for r in records if r.key not in planned]
+    cells: dict[tuple[str, Setting], Cell] = {}
+    for task in exp.tasks:
+        for setting in exp.settings:
+            cell = Cell(task, setting, expected=len(exp.seeds))
+            for seed in exp.seeds:
+                cands = list(by_key.get(keys.get((task, setting, seed), ""), []))
+                if not cands:
+                    cands = [
+                        r
+                        for r in loose
+                        if r.task == task
+                        and r.seed == seed
+                        and setting.matches(r.policy or "", r.params)
+                        and (r.profile in (None, exp.profile))
+                    ]
+                if not cands:
+                    continue
+                best = sorted(cands, key=_rank)[0]
+                if best.status == "completed":
+                    cell.completed.append(best)
+                elif best.status == "failed":
+                    cell.failed.append(best)
+            cells[(task, setting)] = cell
+    return cells

@@ -1,0 +1,84 @@
+"""Fixture results.json files in the real schema (docs/architecture.md), written by the tests.
+
+`write_fixture_runs(out, profile)` lays runs out exactly where `reproduce` would (OUT/runs/
+<owner experiment>/<run key>/results.json) for every run of the profile's plan, with metric
+values that differ per policy and seed, plus one deliberately failed run. It returns the
+values it wrote so tests can recompute the expected aggregates independently.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from softmax_approx.report.definitions import build_plan, load_common, load_experiments
+
+FAILED = ("sst2", "recompute", 0)  # (task, policy, seed) written as failed
+
+# attention bytes per policy family (per task these get multiplied by a task factor)
+BASE_BYTES = {"eager": 1_000_000, "exact": 700_000, "paper": 200_000, "topk": 300_000,
+              "quant": 400_000, "recompute": 100_000, "sdpa": 90_000}
+TASK_FACTOR = {"sst2": 1, "imdb": 4, "multi30k": 2, "iwslt14": 3, "iwslt14_mini": 2}
+
+
+def metric_value(task: str, policy: str, params: dict[str, Any], seed: int) -> float:
+    """A deterministic, policy- and seed-dependent quality value."""
+    bump = {"paper": 0.01 * params.get("S", 0), "topk": -0.02, "quant": 0.005}.get(policy, 0.0)
+    if task in ("multi30k", "iwslt14", "iwslt14_mini"):
+        return 20.0 + 100 * bump + 0.7 * seed
+    return 0.80 + bump + 0.013 * seed * (1 + len(policy) % 3)
+
+
+def results_json(task: str, policy: str, params: dict[str, Any], seed: int, profile: str,
+                 status: str = "completed") -> dict[str, Any]:
+    kind = "translation" if task in ("multi30k", "iwslt14", "iwslt14_mini") else "classification"
+    attn = BASE_BYTES[policy] * TASK_FACTOR[task] // (1 + int(params.get("S", 0) > 5))
+    metrics: dict[str, Any] = {}
+    value = metric_value(task, policy, params, seed)
+    if kind == "translation":
+        metrics = {"test/bleu": value, "test/bleu_tok": value + 1.5,
+                   "test/bleu_signature": "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"}
+    else:
+        metrics = {"test/acc": value, "val/acc_best": value - 0.01}
+    fid = None
+    if policy in ("paper", "topk", "quant"):
+        q = float(params.get("S", 0) or params.get("keep_ratio", 0) or params.get("bits", 0))
+        fid = {"layers": {f"encoder.{i}.self_attn": {"cosine": 0.9 + 0.001 * q + 0.01 * i,
+                                                     "rel_err": 0.2 - 0.001 * q}
+                          for i in range(2)}}
+    return {
+        "schema": 1, "status": status,
+        "error": "RuntimeError: fixture crash" if status == "failed" else None,
+        "task": task, "task_kind": kind, "policy": policy, "policy_params": params,
+        "seed": seed, "profile": profile, "experiment": None, "tags": [], "run_dir": "",
+        "job_id": f"{task}-{policy}-{seed}",
+        "metrics": metrics if status == "completed" else {},
+        "memory": {"attention_bytes": attn, "softmax_state_bytes": attn // 2,
+                   "total_activation_bytes": attn * 3, "peak_step_bytes": None,
+                   "batch_shape": [8, 64]},
+        "timing": {"train_seconds": 1.0, "step_seconds_median": 0.1, "tokens_per_second": 100.0},
+        "params": {"total": 1000, "trainable": 1000},
+        "fidelity": fid, "config": {"seed": seed},
+        "provenance": {"git_commit": None, "git_dirty": False, "packages": {}, "python": "3.11",
+                       "hardware": {"device": "cpu"}, "started": "2026-01-01T00:00:00",
+                       "finished": "2026-01-01T00:01:00"},
+    }
+
+
+def write_fixture_runs(out: Path, profile: str = "smoke", exp_dir: Path | None = None,
+                       failed: tuple[str, str, int] | None = FAILED) -> list[dict[str, Any]]:
+    """Write every planned run of `profile`; returns the written results dicts."""
+    exps = load_experiments(profile, exp_dir)
+    plan = build_plan(exps, load_common(exp_dir))
+    written = []
+    for key, spec in plan.runs.items():
+        status = "failed" if failed == (spec.task, spec.setting.policy, spec.seed) else "completed"
+        data = results_json(spec.task, spec.setting.policy, spec.setting.params_dict, spec.seed,
+                            profile, status)
+        d = plan.run_dir(out, key)
+        d.mkdir(parents=True, exist_ok=True)
+        data["run_dir"] = str(d)
+        (d / "results.json").write_text(json.dumps(data))
+        written.append(data)
+    return written
