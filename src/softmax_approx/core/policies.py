@@ -164,23 +164,20 @@ class Paper(Policy):
         ranks, top, bottom, rate, L = state
         n, k = ranks.shape[-1], top.shape[-1]
         L = L.long()
-        dtype = top.dtype
         pos = torch.arange(n, device=top.device)                             # sorted position
-        is_top = (pos < k) & (pos < L)
-        is_bottom = (pos >= L - k) & (pos < L) & ~is_top
-        is_mid = (pos >= k) & (pos < L - k)
-        top_full = top.gather(-1, pos.clamp(max=k - 1).expand(*top.shape[:-1], n))
-        bottom_full = bottom.gather(-1, (pos - (L - k)).clamp(0, k - 1))
-        # middle j = 1..L-2S: h exp(-r j), rescaled to the missing mass == mass * softmax(-r j)
-        j = (pos - k + 1).to(torch.float32)
-        logits = (-rate * j).masked_fill(~is_mid, float("-inf"))
-        has_mid = is_mid.any(-1, keepdim=True)
-        shape = torch.softmax(torch.where(has_mid, logits, torch.zeros_like(logits)), dim=-1)
-        kept = top.sum(-1, keepdim=True) + bottom.sum(-1, keepdim=True)  # only used with a middle
-        mass = (1.0 - kept.float()).clamp(min=0.0)
-        mid = (mass * shape).to(dtype)
-        zero = torch.zeros((), dtype=dtype, device=top.device)
-        sorted_hat = torch.where(is_top, top_full, torch.where(is_bottom, bottom_full, torch.where(is_mid, mid, zero)))
+        # middle j = 1..M (M = L - 2S): h exp(-r j) rescaled to the missing mass, i.e.
+        # mass * exp(-r (j - 1)) / G with G = sum_{j=1..M} exp(-r (j - 1)) = expm1(-r M) / expm1(-r)
+        missing = (1.0 - top.float().sum(-1, keepdim=True) - bottom.float().sum(-1, keepdim=True)).clamp(min=0.0)
+        M = (L - 2 * k).clamp(min=0).float()
+        tiny_rate = rate < 1e-6
+        safe_rate = torch.where(tiny_rate, torch.ones_like(rate), rate)
+        G = torch.where(tiny_rate, M, torch.expm1(-safe_rate * M) / torch.expm1(-safe_rate))
+        sorted_hat = torch.exp(-rate * (pos - k).float()).mul_(missing / G.clamp(min=1.0))
+        sorted_hat.masked_fill_((pos < k) | (pos >= L - k), 0.0)             # not the middle
+        sorted_hat = sorted_hat.to(top.dtype)
+        sorted_hat[..., :k] = top                                            # invalid tops are 0
+        bottom_pos = (L - k + torch.arange(k, device=top.device)).clamp(0, n - 1)
+        sorted_hat.scatter_(-1, bottom_pos, bottom)
         return sorted_hat.gather(-1, ranks.long())
 
 
