@@ -1,0 +1,1 @@
+"""Models: the encoder classifier (and the translator), built from models.layers."""

@@ -1,0 +1,1 @@
+"""LightningModules: shared machinery in :mod:`.base`, one subclass per task kind."""

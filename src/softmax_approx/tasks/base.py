@@ -1,0 +1,226 @@
+"""Shared LightningModule machinery for every task kind.
+
+Why a base class: memory, timing, the gradient-fidelity probe and the optimizer wiring are the
+same for classification and translation, and the reproduction compares them across tasks, so
+they must be measured the same way. A subclass only says how to compute the loss of a batch
+(:meth:`BaseTask.step`), how many tokens a batch holds, and which metrics it logs.
+
+What ends up in results.json (``run_stats``):
+
+* ``memory``: bytes saved for backward by one forward+loss on a fixed training batch (the
+  first batch after ``memory_warmup_steps`` optimizer steps), measured with
+  ``core.ActivationMeter`` — attention, softmax-state and total activation bytes — plus, on
+  CUDA, the peak allocated during that whole step minus what was allocated before it.
+* ``timing``: median wall time of a training step (forward, backward, optimizer; CUDA
+  synchronised) after ``timing_skip_steps`` steps, and tokens (real, unpadded) per second.
+* ``fidelity``: the last gradient-fidelity probe, or None when it is off.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable, ClassVar
+
+import lightning as L
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from softmax_approx.core import ActivationMeter
+from softmax_approx.nn import MultiHeadAttention, set_attention_policy
+
+
+def linear_warmup_decay(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0) -> LambdaLR:
+    """Linear warm-up to the base learning rate over ``warmup_steps``, then linear decay to 0."""
+    warmup_steps = max(0, min(int(warmup_steps), max(int(total_steps) - 1, 0)))
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        remaining = max(total_steps - warmup_steps, 1)
+        return max(0.0, 1.0 - (step - warmup_steps) / remaining)
+
+    return LambdaLR(optimizer, factor)
+
+
+class BaseTask(L.LightningModule):
+    """Optimizer/scheduler from ``_partial_`` configs, memory/timing measurement, probe."""
+
+    #: The task kind this module serves; the model config must declare the same ``kind``.
+    kind: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        policy: str = "eager",
+        policy_params: dict | None = None,
+        memory_warmup_steps: int = 2,
+        timing_skip_steps: int = 2,
+        probe_every_n_steps: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.policy = policy
+        self.policy_params = dict(policy_params or {})
+        self.memory: dict | None = None
+        self.fidelity: dict | None = None
+        self._step_seconds: list[float] = []
+        self._step_tokens: list[int] = []
+        self._t0: float | None = None
+        self._cuda_base: int | None = None
+        self._measure_this_step = False
+
+    # ---------------------------------------------------------------- to override
+    @classmethod
+    def net_kwargs(cls, datamodule: L.LightningDataModule) -> dict:
+        """Constructor arguments of the model that come from the data (vocab sizes, pad id)."""
+        raise NotImplementedError
+
+    def step(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        """Loss of a batch and whatever the metrics need (e.g. predictions)."""
+        raise NotImplementedError
+
+    def count_tokens(self, batch: dict) -> int:
+        """Real (unpadded) tokens in a batch, for tokens/second."""
+        raise NotImplementedError
+
+    def batch_shape(self, batch: dict) -> list[int]:
+        """The padded shape recorded beside the memory figures."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- optimizer
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def param_counts(self) -> dict:
+        return {
+            "total": sum(p.numel() for p in self.parameters()),
+            "trainable": sum(p.numel() for p in self.parameters() if p.requires_grad),
+        }
+
+    # ---------------------------------------------------------------- timing + CUDA peak
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._measure_this_step = self.memory is None and self.global_step >= self.hparams.memory_warmup_steps
+        self._sync()
+        if self._measure_this_step and self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._cuda_base = torch.cuda.memory_allocated(self.device)
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._sync()
+        if self._t0 is not None and self.global_step > self.hparams.timing_skip_steps:
+            self._step_seconds.append(time.perf_counter() - self._t0)
+            self._step_tokens.append(self.count_tokens(batch))
+        if self._measure_this_step and self.memory is not None:
+            if self.device.type == "cuda" and self._cuda_base is not None:
+                self.memory["peak_step_bytes"] = int(torch.cuda.max_memory_allocated(self.device) - self._cuda_base)
+            self._measure_this_step = False
+
+    def timing(self) -> dict:
+        """Median step seconds and tokens/second over the timed steps (None before any)."""
+        if not self._step_seconds:
+            return {"step_seconds_median": None, "tokens_per_second": None, "timed_steps": 0}
+        return {
+            "step_seconds_median": statistics.median(self._step_seconds),
+            "tokens_per_second": sum(self._step_tokens) / sum(self._step_seconds),
+            "timed_steps": len(self._step_seconds),
+        }
+
+    # ---------------------------------------------------------------- training step
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        every = self.hparams.probe_every_n_steps
+        if every and self.global_step % every == 0:
+            self.fidelity = self.probe(batch)
+            for layer, vals in self.fidelity["layers"].items():
+                for k, v in vals.items():
+                    self.log(f"probe/{layer}/{k}", v, on_step=True, on_epoch=False)
+        if self._measure_this_step:
+            with ActivationMeter(self.net) as meter:
+                loss, out = self.step(batch)
+            self.memory = {**self._memory_fields(meter.report()), "batch_shape": self.batch_shape(batch),
+                           "peak_step_bytes": None, "measured_at_step": int(self.global_step)}
+        else:
+            loss, out = self.step(batch)
+        self.log_train(loss, out, batch)
+        return loss
+
+    @staticmethod
+    def _memory_fields(report: Any) -> dict:
+        return {
+            "attention_bytes": int(report.attention_bytes),
+            "softmax_state_bytes": int(report.softmax_state_bytes),
+            "total_activation_bytes": int(report.total_bytes),
+        }
+
+    def log_train(self, loss: torch.Tensor, out: dict, batch: dict) -> None:
+        """Log the training loss/metrics (subclasses add theirs)."""
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+
+    # ---------------------------------------------------------------- fidelity probe
+    def _attention_input_grads(self, batch: dict) -> dict[str, torch.Tensor]:
+        """d loss / d (query input) of every MultiHeadAttention, without touching .grad."""
+        captured: dict[str, torch.Tensor] = {}
+        handles = []
+        for name, mod in self.net.named_modules():
+            if isinstance(mod, MultiHeadAttention):
+                def hook(module, args, kwargs, _name=name):
+                    q = args[0] if args else kwargs["query"]
+                    captured[_name] = q
+                handles.append(mod.register_forward_pre_hook(hook, with_kwargs=True))
+        try:
+            with torch.enable_grad():
+                loss, _ = self.step(batch)
+                names = [n for n, t in captured.items() if t.requires_grad]
+                grads = torch.autograd.grad(loss, [captured[n] for n in names], allow_unused=True)
+        finally:
+            for h in handles:
+                h.remove()
+        return {n: g for n, g in zip(names, grads) if g is not None}
+
+    def probe(self, batch: dict) -> dict:
+        """Per attention layer: cosine and relative error of the configured policy's input
+        gradient against the ``exact`` policy's, on the same batch.
+
+        Dropout is disabled during the probe (the net is put in eval mode), so both passes see
+        the same function and the difference is the policy's alone; parameter gradients and
+        the training RNG stream are left untouched.
+        """
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                approx = self._attention_input_grads(batch)
+                set_attention_policy(self.net, "exact", {})
+                try:
+                    exact = self._attention_input_grads(batch)
+                finally:
+                    set_attention_policy(self.net, self.policy, self.policy_params)
+        finally:
+            self.net.train(was_training)
+        layers = {}
+        for name, g in approx.items():
+            e = exact[name].flatten().double()
+            a = g.flatten().double()
+            cos = torch.nn.functional.cosine_similarity(a, e, dim=0).item()
+            rel = ((a - e).norm() / e.norm().clamp_min(1e-30)).item()
+            layers[name] = {"cosine": cos, "rel_err": rel}
+        return {"layers": layers, "step": int(self.global_step), "dropout": "disabled (eval mode)"}
+
+    def run_stats(self) -> dict:
+        """Memory, timing, fidelity and parameter counts for results.json."""
+        return {"memory": self.memory, "timing": self.timing(), "fidelity": self.fidelity, "params": self.param_counts()}

@@ -1,0 +1,142 @@
+"""Check a composed config before anything is built or read.
+
+Why: a bad key should cost the user one line and no waiting — not a traceback after the
+tokenizer has been trained. Every check raises :class:`ConfigError` / :class:`DataError` with
+one line naming the key, its value and the allowed values (or the file and the fetch command).
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+from hydra._internal.utils import _locate
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+from softmax_approx.utils.errors import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
+
+
+def _options(group: str) -> list[str]:
+    """Option names of a config group (yaml files under conf/<group>/)."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def _models_of_kind(kind: str) -> list[str]:
+    out = []
+    for name in _options("model"):
+        try:
+            if OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml").get("kind") == kind:
+                out.append(name)
+        except Exception:  # a broken file elsewhere must not hide this message
+            continue
+    return out
+
+
+def _int(cfg: DictConfig, key: str, minimum: int) -> int:
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key}={value!r}: must be an integer >= {minimum}")
+    return value
+
+
+def _check_kwargs(cfg: DictConfig, key: str, extra: tuple[str, ...] = (), drop: tuple[str, ...] = ()) -> None:
+    """Every key of the ``_target_`` node at ``key`` must be a parameter of its target."""
+    node = OmegaConf.select(cfg, key)
+    if node is None:
+        return
+    target = node.get("_target_")
+    try:
+        obj = _locate(target)
+    except Exception as e:  # noqa: BLE001 - hydra raises several types for a bad path
+        raise ConfigError(f"{key}._target_={target!r}: cannot be imported ({type(e).__name__}); check the name") from None
+    params = inspect.signature(obj).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return  # takes **kwargs: nothing to check against
+    allowed = set(params) - {"self"}
+    unknown = [k for k in node.keys() if not str(k).startswith("_") and k not in drop and k not in allowed]
+    if unknown:
+        shown = sorted(allowed - set(extra))
+        raise ConfigError(f"{key}.{unknown[0]}: unknown key for {target}; allowed keys: {', '.join(shown)}")
+
+
+def validate_config(cfg: DictConfig, check_data: bool = True) -> None:
+    """Raise ConfigError/DataError (one line) for the first problem found; read no data."""
+    from softmax_approx.core import POLICY_NAMES, make_policy
+
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed={seed!r}: must be an integer (0 is a valid seed)")
+
+    # attention: a known policy with exactly its parameters
+    name = cfg.attention.name
+    if name not in POLICY_NAMES:
+        raise ConfigError(f"attention.name={name!r}: allowed values: {', '.join(POLICY_NAMES)}")
+    params = OmegaConf.to_container(cfg.attention.params, resolve=True) or {}
+    try:
+        make_policy(name, **params)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"attention.params ({name}): {str(e).splitlines()[0]}") from None
+
+    # task <-> model kind
+    task_kind, model_kind = cfg.task.get("kind"), cfg.model.get("kind")
+    if model_kind != task_kind:
+        fits = _models_of_kind(task_kind)
+        raise ConfigError(
+            f"model.kind={model_kind!r} does not fit task={cfg.task.name} (kind {task_kind!r}); "
+            f"choose model= one of: {', '.join(fits) or '(none found)'}"
+        )
+    module_kind = getattr(get_class(cfg.task.module._target_), "kind", None)
+    if module_kind != task_kind:
+        raise ConfigError(f"task.module._target_={cfg.task.module._target_}: serves kind {module_kind!r}, task kind is {task_kind!r}")
+
+    # model dimensions
+    d_model = _int(cfg, "model.d_model", 1)
+    n_heads = _int(cfg, "model.n_heads", 1)
+    if d_model % n_heads:
+        divisors = [h for h in range(1, min(d_model, 64) + 1) if d_model % h == 0]
+        raise ConfigError(
+            f"model.n_heads={n_heads} does not divide model.d_model={d_model}; "
+            f"allowed n_heads: {', '.join(map(str, divisors))}"
+        )
+    for key in ("model.n_layers", "model.n_encoder_layers", "model.n_decoder_layers", "model.d_ff"):
+        if OmegaConf.select(cfg, key) is not None:
+            _int(cfg, key, 1)
+    for key in ("model.max_len", "task.datamodule.max_len", "task.datamodule.src_max_len", "task.datamodule.tgt_max_len"):
+        if OmegaConf.select(cfg, key) is not None:
+            _int(cfg, key, 1)
+    for key in ("model.dropout", "model.attn_dropout"):
+        v = OmegaConf.select(cfg, key)
+        if v is not None and not (isinstance(v, (int, float)) and 0.0 <= v < 1.0):
+            raise ConfigError(f"{key}={v!r}: must be a number in [0, 1)")
+    if cfg.model.get("pool") == "cls" and not cfg.task.datamodule.get("prepend_cls", False):
+        raise ConfigError("model.pool=cls needs task.datamodule.prepend_cls=true (the <cls> token at position 0)")
+    dm_len, model_len = cfg.task.datamodule.get("max_len"), cfg.model.get("max_len")
+    if dm_len is not None and model_len is not None and model_len < dm_len:
+        raise ConfigError(f"model.max_len={model_len} is below task.datamodule.max_len={dm_len}; set model.max_len >= {dm_len}")
+
+    # other knobs
+    _int(cfg, "probe.every_n_steps", 0)
+    _int(cfg, "memory.warmup_steps", 0)
+    if cfg.get("test_weights") not in ("best", "current"):
+        raise ConfigError(f"test_weights={cfg.get('test_weights')!r}: allowed values: best, current")
+    accel = cfg.trainer.get("accelerator")
+    if accel in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"trainer.accelerator={accel}: no CUDA device here; use trainer=cpu (or profile=paper trainer=cpu)")
+
+    # unknown keys inside _target_ nodes (Hydra's struct mode catches unknown top-level keys)
+    _check_kwargs(cfg, "model", drop=("kind",))
+    _check_kwargs(cfg, "task.datamodule")
+    _check_kwargs(cfg, "optimizer", extra=("params",))
+    if cfg.get("scheduler") is not None:
+        _check_kwargs(cfg, "scheduler", extra=("optimizer", "total_steps"))
+
+    if check_data:
+        from softmax_approx.data.files import check_files  # stat() calls only
+
+        check_files(cfg.task.datamodule.get("task", cfg.task.name), cfg.task.datamodule.get("data_dir", cfg.paths.data_dir))
