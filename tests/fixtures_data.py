@@ -119,3 +119,43 @@ def write_iwslt_prepared(data_dir: Path, sizes=None) -> Path:
         for lang, col in (("de", 0), ("en", 1)):
             (d / f"{split}.{lang}").write_text("\n".join(p[col] for p in pairs) + "\n", encoding="utf-8")
     return d
+
+
+def write_iwslt_tgz(path: Path, n_train: int = 50) -> Path:
+    """A tiny original-style IWSLT'14 ``de-en.tgz`` (train.tags + the five dev/test xml files)."""
+    rng = random.Random(3)
+    de_lines, en_lines = [], []
+    header = [
+        ("<url>http://www.ted.com/talks/x.html</url>",) * 2,
+        ("<keywords>talks, science</keywords>",) * 2,
+        ("<talkid>1</talkid>",) * 2,
+        ("<title>Ein Titel</title>", "<title>A Title</title>"),
+        ("<description>Über Hunde.</description>", "<description>About dogs.</description>"),
+    ]
+    for de, en in header:
+        de_lines.append(de)
+        en_lines.append(en)
+    for i in range(n_train):
+        k = rng.randint(2, 8)
+        idx = [rng.randrange(len(DE)) for _ in range(k)]
+        de_lines.append(" ".join(DE[j] for j in idx).capitalize() + ", oder?")
+        en_lines.append(" ".join(EN[j] for j in idx).capitalize() + "'s, right?")
+    de_lines.append("Ein sehr kurzer Satz.")  # ratio filter: 4 vs 12 tokens -> dropped
+    en_lines.append("A sentence that is far far far far far far too long.")
+    de_lines.append("   ")  # empty after cleaning -> dropped
+    en_lines.append("Nothing.")
+    members = {"de-en/train.tags.de-en.de": "\n".join(de_lines) + "\n",
+               "de-en/train.tags.de-en.en": "\n".join(en_lines) + "\n"}
+    for s, name in enumerate(("TED.dev2010", "TEDX.dev2012", "TED.tst2010", "TED.tst2011", "TED.tst2012")):
+        for lang, words in (("de", DE), ("en", EN)):
+            segs = [f'<seg id="{j + 1}"> {name} {words[j]} ’{j}’ </seg>' for j in range(s + 1)]
+            xml = "<mteval>\n<doc docid=\"1\">\n" + "\n".join(segs) + "\n</doc>\n</mteval>\n"
+            members[f"de-en/IWSLT14.{name}.de-en.{lang}.xml"] = xml
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in members.items():
+            data = text.encode("utf-8")
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path

@@ -20,10 +20,10 @@ def fetch_command(task: str, data_dir: str | Path = "DIR") -> str:
     """The command that puts ``task``'s files into ``data_dir``."""
     if task in ("iwslt14", "iwslt14_mini"):
         return (
-            f"python -m softmax_approx.data prepare-iwslt14 --tgz PATH/TO/de-en.tgz --data-dir {data_dir}"
+            f"`python -m softmax_approx.data prepare-iwslt14 --tgz PATH/TO/de-en.tgz --data-dir {data_dir}`"
             " (IWSLT'14 is not redistributable: supply the original de-en.tgz)"
         )
-    return f"python -m softmax_approx.data download {task} --data-dir {data_dir} (or `make data`)"
+    return f"`python -m softmax_approx.data download {task} --data-dir {data_dir}` (or `make data`)"
 
 
 def _first_existing(*candidates: Path) -> Path:
@@ -69,7 +69,7 @@ def check_files(task: str, data_dir: str | Path) -> dict[str, Path]:
     if missing:
         raise DataError(
             f"task {task}: missing data file(s) {'; '.join(missing)}; fetch them with "
-            f"`{fetch_command(task, data_dir)}`"
+            f"{fetch_command(task, data_dir)}"
         )
     return resolve_files(task, data_dir)
 

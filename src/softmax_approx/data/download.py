@@ -1,0 +1,217 @@
+"""Fetch each dataset into the layout its reader reads, safely.
+
+Why: a half-downloaded or wrong file must never look like data. Every file goes to a
+temporary name in the target folder, is checked against its sha256 where one is known,
+and only then is renamed into place; network errors are retried (3 tries, backoff) and a
+failure leaves no file behind.
+
+Sources:
+* multi30k: the dataset repository's raw files (``multi30k/dataset``,
+  ``data/task1/raw/*.gz``), sha256-verified.
+* imdb: the original ``aclImdb_v1.tar.gz`` from Stanford (read in place; its ``unsup/`` part
+  is ignored). If that fails, HF ``stanfordnlp/imdb`` is written out as an ``aclImdb/`` tree;
+  that copy carries no star ratings, so its files are named ``<id>_0.txt`` (0 = unknown).
+* sst2: HF ``stanfordnlp/sst2`` (train + validation) written as GLUE TSVs
+  (``train.tsv``, ``dev.tsv``); GLUE's test split has no labels and is not written.
+* iwslt14: not redistributable; the user supplies ``de-en.tgz`` and runs
+  ``python -m softmax_approx.data prepare-iwslt14 --tgz PATH --data-dir DIR``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+from softmax_approx.data.files import IWSLT_SUBDIR, fetch_command
+from softmax_approx.utils.errors import DataError
+
+MULTI30K_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/{name}"
+MULTI30K_SHA256 = {
+    "train.de.gz": "726e39b2fa9eb9ffb6dc763fb35a179f80fae06ffc5d28b6ace5faa883de28a6",
+    "train.en.gz": "d79cfa999dd4c51d2cb42499b6796d5a882c3a8a961923c25a898c90f8bbd56f",
+    "val.de.gz": "f0cba2f995189cf5770f29a8a9a537a3ad3f51657ad873405082ff6863a5e75a",
+    "val.en.gz": "14f7d25ddd868909a9213e361768460edcacdd6ab9d1e77b92560dc10c10dc28",
+    "test_2016_flickr.de.gz": "9204244e408ccb38d2a55cfcd344df15005fc42a07a6e55ca6c52b6ababb8cc8",
+    "test_2016_flickr.en.gz": "611d361c6334bc7246101d48097c13cf5c4413c5befc793cc629934359d532d9",
+}
+IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
+IWSLT_HELP = (
+    "IWSLT'14 de-en cannot be downloaded automatically (TED talks, CC BY-NC-ND; the WIT3 archive is not "
+    "redistributed): get de-en.tgz (WIT3 2014-01 release, texts/de/en/de-en.tgz) and run "
+    "`python -m softmax_approx.data prepare-iwslt14 --tgz PATH/TO/de-en.tgz --data-dir DIR`"
+)
+
+Opener = Callable[..., object]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch(
+    url: str,
+    dest: str | Path,
+    sha256: str | None = None,
+    *,
+    tries: int = 3,
+    backoff: float = 2.0,
+    opener: Opener = urllib.request.urlopen,
+    timeout: float = 60.0,
+) -> Path:
+    """Download ``url`` to ``dest`` atomically; verify ``sha256`` when given.
+
+    Network errors are retried ``tries`` times with exponential backoff; a checksum mismatch
+    is not (the source is wrong, not flaky). On any failure no file is left at ``dest``.
+    """
+    dest = Path(dest)
+    if dest.is_file() and sha256 is not None and sha256_file(dest) == sha256:
+        return dest  # already there and verified
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    last: Exception | None = None
+    for attempt in range(1, tries + 1):
+        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out, opener(url, timeout=timeout) as resp:  # type: ignore[attr-defined]
+                shutil.copyfileobj(resp, out, 1 << 20)
+            if sha256 is not None:
+                got = sha256_file(tmp)
+                if got != sha256:
+                    raise DataError(
+                        f"{url}: sha256 {got[:12]}... does not match the expected {sha256[:12]}...; "
+                        f"nothing was written to {dest}; the source changed or is corrupt"
+                    )
+            os.replace(tmp, dest)
+            return dest
+        except DataError:
+            raise
+        except (urllib.error.URLError, OSError, TimeoutError, ValueError) as e:
+            last = e
+            if attempt < tries:
+                time.sleep(backoff ** (attempt - 1))
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    reason = getattr(last, "reason", last)
+    raise DataError(
+        f"could not download {url} after {tries} tries ({reason}); check the network (this machine may be "
+        f"offline) or place the file at {dest} yourself"
+    )
+
+
+# --------------------------------------------------------------------------- per dataset
+def download_multi30k(data_dir: Path, **kw) -> list[Path]:
+    return [
+        fetch(MULTI30K_URL.format(name=name), data_dir / "multi30k" / name, sha, **kw)
+        for name, sha in MULTI30K_SHA256.items()
+    ]
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _load_hf(name: str, load_dataset: Callable | None):
+    if load_dataset is None:
+        try:
+            from datasets import load_dataset
+        except ImportError as e:  # pragma: no cover - datasets is a dependency
+            raise DataError(f"the `datasets` package is needed to fetch {name}: pip install datasets ({e})") from None
+    try:
+        return load_dataset(name)
+    except Exception as e:  # offline, hub down, renamed dataset ...
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"could not fetch {name} from the Hugging Face hub ({msg}); check the network") from None
+
+
+def download_sst2(data_dir: Path, load_dataset: Callable | None = None) -> list[Path]:
+    """HF ``stanfordnlp/sst2`` -> GLUE TSVs (``sentence<TAB>label``)."""
+    ds = _load_hf("stanfordnlp/sst2", load_dataset)
+    out = []
+    for split, fname in (("train", "train.tsv"), ("validation", "dev.tsv")):
+        rows = ["sentence\tlabel"]
+        for ex in ds[split]:
+            sentence = " ".join(str(ex["sentence"]).replace("\t", " ").split())
+            rows.append(f"{sentence} \t{int(ex['label'])}")
+        path = data_dir / "sst2" / fname
+        _atomic_text(path, "\n".join(rows) + "\n")
+        out.append(path)
+    return out
+
+
+def write_imdb_tree_from_hf(data_dir: Path, load_dataset: Callable | None = None) -> Path:
+    """HF ``stanfordnlp/imdb`` -> ``imdb/aclImdb/{train,test}/{pos,neg}/<id>_0.txt``.
+
+    Written into a temporary folder renamed at the end, so a failure leaves no partial tree.
+    """
+    ds = _load_hf("stanfordnlp/imdb", load_dataset)
+    root = data_dir / "imdb"
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".aclImdb."))
+    try:
+        for split in ("train", "test"):
+            counters = {"pos": 0, "neg": 0}
+            for ex in ds[split]:
+                pol = "pos" if int(ex["label"]) == 1 else "neg"
+                folder = tmp / split / pol
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / f"{counters[pol]}_0.txt").write_text(ex["text"], encoding="utf-8")
+                counters[pol] += 1
+        final = root / "aclImdb"
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        return final
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def download_imdb(data_dir: Path, load_dataset: Callable | None = None, **kw) -> Path:
+    try:
+        return fetch(IMDB_URL, data_dir / "imdb" / "aclImdb.tar.gz", None, **kw)
+    except DataError as first:
+        try:
+            return write_imdb_tree_from_hf(data_dir, load_dataset)
+        except DataError as second:
+            raise DataError(f"{first} ; fallback failed too: {second}") from None
+
+
+def download(task: str, data_dir: str | Path, **kw) -> None:
+    """Fetch one task (or ``all``) into ``data_dir``; IWSLT only prints how to prepare it."""
+    data_dir = Path(data_dir)
+    if task == "all":
+        for t in ("sst2", "imdb", "multi30k"):
+            download(t, data_dir, **kw)
+        print(IWSLT_HELP)
+        return
+    if task == "sst2":
+        paths = download_sst2(data_dir, kw.get("load_dataset"))
+    elif task == "imdb":
+        paths = [download_imdb(data_dir, **kw)]
+    elif task == "multi30k":
+        paths = download_multi30k(data_dir, **{k: v for k, v in kw.items() if k != "load_dataset"})
+    elif task in ("iwslt14", "iwslt14_mini"):
+        if (data_dir / IWSLT_SUBDIR / "valid.de").exists():
+            print(f"iwslt14: found {data_dir / IWSLT_SUBDIR}")
+            return
+        raise DataError(IWSLT_HELP.replace("DIR", str(data_dir)))
+    else:
+        raise DataError(f"download {task!r}: unknown dataset; choose sst2, imdb, multi30k, iwslt14 or all "
+                        f"(e.g. {fetch_command('sst2', data_dir)})")
+    for p in paths:
+        print(f"{task}: {p}")
