@@ -213,7 +213,7 @@ def resolve(data: dict[str, Any], profile: str, path: Path | None = None) -> Exp
 
 
 def load_experiments(profile: str, exp_dir: Path | str | None = None) -> list[Experiment]:
-    """All definitions (sorted by file name, `_*.yaml` skipped) resolved for `profile`."""
+    """All definitions (`_common.yaml` `order`, then file name; `_*.yaml` skipped) for `profile`."""
     if profile not in PROFILES:
         raise ConfigError(f"profile={profile!r} is not one of {', '.join(PROFILES)}")
     exp_dir = Path(exp_dir) if exp_dir else default_experiments_dir()
@@ -227,6 +227,8 @@ def load_experiments(profile: str, exp_dir: Path | str | None = None) -> list[Ex
         if path.name.startswith("_"):
             continue
         exps.append(resolve(_load_yaml(path), profile, path))
+    order = [str(n) for n in load_common(exp_dir).get("order") or []]
+    exps.sort(key=lambda e: order.index(e.name) if e.name in order else len(order))
     names = [e.name for e in exps]
     dup = {n for n in names if names.count(n) > 1}
     if dup:

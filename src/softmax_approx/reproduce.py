@@ -1,0 +1,321 @@
+"""`make reproduce`: experiment definitions -> training runs (resumable) -> tables and figures.
+
+    python -m softmax_approx.reproduce run --profile smoke --out OUT --data-dir DIR
+        [--only memory] [--jobs 2] [--dry-run] [--run-timeout SECONDS] [--no-report]
+
+Every definition in experiments/ is expanded for the profile into runs (a run = a list of
+Hydra overrides). A run's directory is OUT/runs/<experiment>/<run key>, where the key is a
+readable slug plus a hash of the overrides, so the same settings always map to the same
+directory and a run several experiments need is trained once.
+
+Why one subprocess per run rather than one Hydra multirun per experiment: a multirun shares
+one process (or one joblib pool) between jobs, so a crash or an out-of-memory kill can take
+its siblings down, and it cannot skip the jobs that already completed. Here each run is
+`python -m softmax_approx.train <overrides> hydra.run.dir=<run dir>`; a run whose
+results.json says `completed` is skipped, any other is (re)run, and a run that dies without
+writing results.json gets a `failed` one with the tail of its output, so the tables show it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from softmax_approx.report.definitions import (
+    Plan,
+    RunSpec,
+    build_plan,
+    load_common,
+    load_experiments,
+    select,
+)
+from softmax_approx.report.io import write_json
+from softmax_approx.utils.errors import UserError
+
+# The training command; tests point it at a fake train script.
+TRAIN_COMMAND: list[str] = [sys.executable, "-m", "softmax_approx.train"]
+LOG_NAME = "reproduce.log"
+TAIL_LINES = 40
+
+
+def _quote(value: str) -> str:
+    """Quote an override value Hydra's grammar would not take bare (spaces, '=', ',' ...)."""
+    if re.fullmatch(r"[A-Za-z0-9_./:+-]*", value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def read_status(path: Path) -> str:
+    """`completed`, `failed`, `running` (a crashed or live run) or `missing`."""
+    try:
+        return str(json.loads(path.read_text()).get("status", "failed"))
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, ValueError):
+        return "failed"
+
+
+def find_completed(out: Path, key: str) -> Path | None:
+    """A completed results.json of `key` under any experiment directory (owners may change)."""
+    for path in sorted((out / "runs").glob(f"*/{key}/results.json")):
+        if read_status(path) == "completed":
+            return path
+    return None
+
+
+@dataclass
+class Job:
+    spec: RunSpec
+    run_dir: Path
+    owner: str
+    status: str = "pending"
+    seconds: float = 0.0
+    proc: Any = None
+    started: float = 0.0
+    log: Any = None
+
+
+@dataclass
+class Progress:
+    """Prints one line per event: done / running / left, elapsed, and the run's status."""
+
+    total: int
+    stream: Any = field(default_factory=lambda: sys.stdout)
+    t0: float = field(default_factory=time.monotonic)
+    done: int = 0
+    running: int = 0
+
+    def line(self, status: str, job: Job, extra: str = "") -> None:
+        left = self.total - self.done - self.running
+        el = str(_dt.timedelta(seconds=int(time.monotonic() - self.t0)))
+        print(f"[{self.done}/{self.total} done | {self.running} running | {left} left | {el}] "
+              f"{status:<9} {job.owner}/{job.spec.key}{extra}", file=self.stream, flush=True)
+
+
+def plan_jobs(plan: Plan, out: Path) -> tuple[list[Job], list[Job]]:
+    """(jobs to run, jobs already completed)."""
+    todo, done = [], []
+    for key, spec in plan.runs.items():
+        run_dir = plan.run_dir(out, key)
+        found = find_completed(out, key)
+        job = Job(spec, found.parent if found else run_dir, plan.owner[key])
+        if found:
+            job.status = "completed"
+            done.append(job)
+        else:
+            job.status = read_status(run_dir / "results.json")
+            todo.append(job)
+    return todo, done
+
+
+def _command(job: Job, data_dir: str, train_command: list[str]) -> list[str]:
+    ov = job.spec.command_overrides(job.run_dir, data_dir)
+    ov = [o.split("=", 1)[0] + "=" + _quote(o.split("=", 1)[1]) if o.startswith(("paths.", "hydra."))
+          else o for o in ov]
+    return [*train_command, *ov, f"experiment_name={job.owner}"]
+
+
+def _env(jobs: int) -> dict[str, str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    threads = str(max(1, (os.cpu_count() or 1) // max(1, jobs)))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(var, threads)
+    return env
+
+
+def _start(job: Job, cmd: list[str], env: dict[str, str]) -> None:
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    res = job.run_dir / "results.json"
+    if res.exists():  # a failed/crashed attempt: keep it beside, never mistake it for this one
+        res.replace(job.run_dir / "results.previous.json")
+    job.log = open(job.run_dir / LOG_NAME, "w", encoding="utf-8")
+    job.log.write("$ " + " ".join(cmd) + "\n")
+    job.log.flush()
+    job.proc = subprocess.Popen(cmd, stdout=job.log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    job.started = time.monotonic()
+
+
+def _tail(path: Path, n: int = TAIL_LINES) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return "".join(deque(f, maxlen=n))
+    except OSError:
+        return ""
+
+
+def _finish(job: Job, rc: int, note: str = "") -> None:
+    """Settle a finished job's status; write a `failed` results.json if train left none."""
+    job.log.close()
+    job.seconds = time.monotonic() - job.started
+    res = job.run_dir / "results.json"
+    status = read_status(res)
+    if status == "completed":
+        job.status = "completed"
+        return
+    tail = _tail(job.run_dir / LOG_NAME)
+    last = next((ln.strip() for ln in reversed(tail.splitlines()) if ln.strip()), "")
+    try:
+        record = json.loads(res.read_text()) if status != "missing" else {}
+    except (OSError, ValueError):
+        record = {}
+    spec = job.spec
+    record = {
+        "schema": 1, "task": spec.task, "policy": spec.setting.policy,
+        "policy_params": spec.setting.params_dict, "seed": spec.seed, "profile": None,
+        "experiment": job.owner, "tags": [], "run_dir": str(job.run_dir), "job_id": spec.key,
+        "metrics": {}, "memory": {}, "fidelity": None, **record,
+    }
+    record["profile"] = record["profile"] or _profile_of(spec)
+    record["status"] = "failed"
+    if status != "failed" or not record.get("error"):
+        record["error"] = note or f"train exited with code {rc} without a completed results.json: {last}"
+    record["returncode"] = rc
+    record["stderr_tail"] = tail
+    write_json(res, record)
+    job.status = "failed"
+
+
+def _profile_of(spec: RunSpec) -> str | None:
+    return next((o.split("=", 1)[1] for o in spec.overrides if o.startswith("profile=")), None)
+
+
+def execute(jobs: list[Job], data_dir: str, n_parallel: int = 1, progress: Progress | None = None,
+            train_command: list[str] | None = None, run_timeout: float = 0) -> None:
+    """Run `jobs` with at most `n_parallel` at a time; a failure never stops the others."""
+    train_command = list(train_command or TRAIN_COMMAND)
+    progress = progress or Progress(len(jobs))
+    env = _env(n_parallel)
+    queue, live = deque(jobs), []
+    try:
+        while queue or live:
+            while queue and len(live) < max(1, n_parallel):
+                job = queue.popleft()
+                _start(job, _command(job, data_dir, train_command), env)
+                live.append(job)
+                progress.running += 1
+                progress.line("started", job)
+            time.sleep(0.05)
+            for job in list(live):
+                rc = job.proc.poll()
+                note = ""
+                if rc is None and run_timeout and time.monotonic() - job.started > run_timeout:
+                    _kill(job.proc)
+                    rc, note = job.proc.wait(), f"timed out after {run_timeout:g} s (--run-timeout)"
+                if rc is None:
+                    continue
+                _finish(job, rc, note)
+                live.remove(job)
+                progress.running -= 1
+                progress.done += 1
+                progress.line(job.status, job, f" ({job.seconds:.1f} s)")
+    except KeyboardInterrupt:
+        for job in live:
+            _kill(job.proc)
+            job.log.close()
+        raise
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def _manifest(out: Path, profile: str, data_dir: str, only: list[str] | None,
+              jobs: list[Job], started: str) -> None:
+    write_json(out / "reproduce.json", {
+        "profile": profile, "data_dir": str(data_dir), "only": only, "started": started,
+        "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "runs": [{"key": j.spec.key, "dir": str(j.run_dir), "experiment": j.owner,
+                  "status": j.status, "seconds": round(j.seconds, 2),
+                  "overrides": list(j.spec.overrides)} for j in jobs],
+    })
+
+
+def run(profile: str, out: Path | str, data_dir: Path | str, only: list[str] | None = None,
+        jobs: int = 1, dry_run: bool = False, exp_dir: Path | str | None = None,
+        report: bool = True, train_command: list[str] | None = None, run_timeout: float = 0,
+        stream: Any = None) -> int:
+    """Plan, skip completed, run the rest, render the report. Returns 0 if every run completed."""
+    stream = stream or sys.stdout
+    out = Path(out).resolve()
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    exps = load_experiments(profile, exp_dir)
+    select(exps, only)  # validates the names
+    plan = build_plan(exps, load_common(exp_dir), only)
+    todo, done = plan_jobs(plan, out)
+    print(f"reproduce [{profile}]: {len(plan.runs)} runs in "
+          f"{len({e for u in plan.users.values() for e in u})} experiments; "
+          f"{len(done)} completed (skipped), {len(todo)} to run -> {out}", file=stream, flush=True)
+    if dry_run:
+        for job in done + todo:
+            shared = ",".join(plan.users[job.spec.key])
+            print(f"  {job.status:<9} {job.owner}/{job.spec.key}  [{shared}]  "
+                  + " ".join(_command(job, str(data_dir), ["train"])[1:]), file=stream)
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    all_jobs = done + todo
+    _manifest(out, profile, str(data_dir), only, all_jobs, started)
+    progress = Progress(len(todo), stream)
+    try:
+        execute(todo, str(Path(data_dir).resolve()), jobs, progress, train_command, run_timeout)
+    finally:
+        _manifest(out, profile, str(data_dir), only, all_jobs, started)
+    failed = [j for j in todo if j.status != "completed"]
+    print(f"reproduce: {len(all_jobs) - len(failed)}/{len(all_jobs)} runs completed"
+          + (f"; failed: {', '.join(j.spec.key for j in failed)} (logs: <run dir>/{LOG_NAME})"
+             if failed else ""), file=stream, flush=True)
+    if report:
+        from softmax_approx.report.render import render_report
+
+        rep = render_report(out, profile=profile, exp_dir=exp_dir, only=only)
+        print(f"report: {len(rep.files)} files under {out}/tables, {out}/figures", file=stream)
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m softmax_approx.reproduce", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run (or resume) every experiment of a profile, then render")
+    r.add_argument("--profile", required=True, choices=("smoke", "cpu", "paper"))
+    r.add_argument("--out", required=True, type=Path)
+    r.add_argument("--data-dir", required=True, type=Path)
+    r.add_argument("--only", action="append", help="only this experiment (+ those it uses); repeatable")
+    r.add_argument("--jobs", type=int, default=1, help="runs in parallel (default 1)")
+    r.add_argument("--dry-run", action="store_true", help="print the plan and each run's status")
+    r.add_argument("--experiments", type=Path, help="definitions directory (default experiments/)")
+    r.add_argument("--run-timeout", type=float, default=0, help="kill a run after this many seconds")
+    r.add_argument("--no-report", action="store_true", help="skip rendering tables and figures")
+    args = ap.parse_args(argv)
+    try:
+        return run(args.profile, args.out, args.data_dir, args.only, args.jobs, args.dry_run,
+                   args.experiments, not args.no_report, run_timeout=args.run_timeout)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("reproduce: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

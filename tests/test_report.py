@@ -1,0 +1,348 @@
+"""Report layer: fixture results.json -> tables (md/tex/csv) and figures, checked independently."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fixtures_results import results_json, write_fixture_runs
+from softmax_approx.report import (
+    Setting,
+    build_plan,
+    load_common,
+    load_experiments,
+    load_results,
+    load_wandb,
+    render_report,
+)
+from softmax_approx.report.__main__ import main as report_main
+from softmax_approx.report.definitions import run_key
+from softmax_approx.report.io import atomic_write, write_text
+from softmax_approx.utils.errors import ConfigError
+
+SEEDS = [0, 1, 2]
+
+
+def write_defs(d: Path) -> Path:
+    """A small set of definitions (2 tasks, 4 settings, 3 seeds) in the real format."""
+    d.mkdir(parents=True, exist_ok=True)
+    pol = textwrap.dedent("""\
+        tasks: [sst2, multi30k]
+        policies: [eager, {name: paper, grid: {S: [2, 5]}}, recompute]
+        seeds: [0, 1, 2]
+        baseline: eager
+        """)
+    (d / "_common.yaml").write_text(textwrap.dedent("""\
+        order: [memory, quality, tradeoff, fidelity, claims]
+        task_kinds: {sst2: classification, multi30k: translation}
+        profiles:
+          cpu: {overrides: [probe.every_n_steps=3]}
+        """))
+    (d / "memory.yaml").write_text("name: memory\nkind: memory\nreference: recompute\n" + pol)
+    (d / "quality.yaml").write_text("name: quality\nkind: quality\n" + pol + textwrap.dedent("""\
+        metrics:
+          classification: {key: test/acc, scale: 100, label: accuracy (%), definition: acc on dev}
+          translation: {key: test/bleu, scale: 1, label: BLEU, definition: sacreBLEU detok}
+        """))
+    (d / "tradeoff.yaml").write_text("name: tradeoff\nkind: tradeoff\nuses_metrics_of: quality\n" + pol)
+    (d / "fidelity.yaml").write_text(textwrap.dedent("""\
+        name: fidelity
+        kind: fidelity
+        tasks: [sst2, multi30k]
+        policies: [{name: paper, grid: {S: [2, 5]}}]
+        seeds: [0, 1, 2]
+        x_axis: {paper: S}
+        """))
+    (d / "claims.yaml").write_text(textwrap.dedent("""\
+        name: claims
+        kind: claims
+        uses: [memory, quality]
+        claims:
+          - {id: mem, claim: mem claim, source: memory, measure: max_memory_reduction,
+             metric: attention_bytes, policy: paper, rule: at_least, threshold: 84.0,
+             tolerance: 1.0, context_policies: [recompute]}
+          - {id: bleu, claim: bleu claim, source: quality, measure: quality_delta,
+             task_kind: translation, policy: paper, params: {S: 5}, rule: at_least_all,
+             threshold: -1.0}
+          - {id: acc, claim: acc claim, source: quality, measure: max_quality_delta,
+             task_kind: classification, policy: paper, rule: at_least, threshold: 5.4,
+             tolerance: 0.5}
+        """))
+    return d
+
+
+@pytest.fixture
+def defs(tmp_path: Path) -> Path:
+    return write_defs(tmp_path / "experiments")
+
+
+@pytest.fixture
+def out(tmp_path: Path, defs: Path) -> tuple[Path, list[dict]]:
+    out = tmp_path / "out"
+    written = write_fixture_runs(out, "cpu", defs, failed=("sst2", "recompute", 0))
+    return out, written
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def expected(written: list[dict], task: str, policy: str, params: dict, key: str) -> list[float]:
+    return [w["metrics"][key] for w in written
+            if w["task"] == task and w["policy"] == policy and w["status"] == "completed"
+            and all(w["policy_params"].get(k) == v for k, v in params.items())]
+
+
+def test_quality_mean_and_sample_std_match_independent_computation(out, defs):
+    out, written = out
+    render_report(out, exp_dir=defs)
+    rows = read_csv(out / "tables" / "quality.csv")
+    assert len(rows) == 2 * 4  # tasks x settings
+    checked = 0
+    for row in rows:
+        params = json.loads(row["params"])
+        key = "test/acc" if row["task"] == "sst2" else "test/bleu"
+        scale = 100.0 if key == "test/acc" else 1.0
+        vals = [v * scale for v in expected(written, row["task"], row["policy"], params, key)]
+        assert int(row["n"]) == len(vals)
+        assert float(row["mean"]) == pytest.approx(statistics.mean(vals))
+        assert float(row["std"]) == pytest.approx(statistics.stdev(vals))
+        base = [v * scale for v in expected(written, row["task"], "eager", {}, key)]
+        assert float(row["delta_vs_eager"]) == pytest.approx(statistics.mean(vals) - statistics.mean(base))
+        checked += 1
+    assert checked == 8
+    # the Markdown cell shows the same numbers, formatted
+    vals = [v * 100 for v in expected(written, "sst2", "paper", {"S": 5}, "test/acc")]
+    md = (out / "tables" / "quality.md").read_text()
+    assert f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f} (n=3)" in md
+    assert "Profile: `cpu`" in md and "acc on dev" in md and "sacreBLEU signature" in md
+
+
+def test_failed_runs_show_as_failed(out, defs, tmp_path):
+    out, written = out
+    render_report(out, exp_dir=defs)
+    md = (out / "tables" / "quality.md").read_text()
+    # one of three seeds failed: numbers from the other two, the failure noted
+    rec_line = next(ln for ln in md.splitlines() if ln.startswith("| recompute |"))
+    assert "(n=2) [1 failed]" in rec_line
+    # now every seed of that cell fails: the cell itself says failed, in every format
+    for path in (out / "runs").rglob("results.json"):
+        data = json.loads(path.read_text())
+        if data["task"] == "sst2" and data["policy"] == "recompute":
+            path.write_text(json.dumps(results_json("sst2", "recompute", {}, data["seed"], "cpu", "failed")))
+    render_report(out, exp_dir=defs)
+    md = (out / "tables" / "quality.md").read_text()
+    rec_line = next(ln for ln in md.splitlines() if ln.startswith("| recompute |"))
+    assert rec_line.split("|")[2].strip() == "failed"
+    tex = (out / "tables" / "quality.tex").read_text()
+    assert "recompute & failed & failed" in tex
+    rows = read_csv(out / "tables" / "memory.csv")
+    assert [r["status"] for r in rows if r["task"] == "sst2" and r["policy"] == "recompute"] == ["failed"]
+    runs = read_csv(out / "tables" / "runs.csv")
+    assert sum(r["status"] == "failed" for r in runs) == 3
+
+
+def test_memory_reduction_vs_eager_and_reference(out, defs):
+    out, written = out
+    render_report(out, exp_dir=defs)
+    rows = {(r["task"], r["setting"]): r for r in read_csv(out / "tables" / "memory.csv")}
+    for task in ("sst2", "multi30k"):
+        eager = statistics.mean(w["memory"]["attention_bytes"] for w in written
+                                if w["task"] == task and w["policy"] == "eager")
+        paper = statistics.mean(w["memory"]["attention_bytes"] for w in written
+                                if w["task"] == task and w["policy_params"].get("S") == 5)
+        row = rows[(task, "paper S=5")]
+        assert float(row["attention_bytes_mean"]) == pytest.approx(paper)
+        assert float(row["attention_reduction_vs_eager_pct"]) == pytest.approx(100 * (1 - paper / eager))
+        assert row["attention_reduction_vs_recompute_pct"] != ""
+    md = (out / "tables" / "memory.md").read_text()
+    assert "80.0% (5.00×)" in md  # fixture: paper keeps 1/5 of eager's bytes
+
+
+def test_tex_and_figures_are_valid(out, defs):
+    out, _ = out
+    rep = render_report(out, exp_dir=defs)
+    tex = (out / "tables" / "quality.tex").read_text()
+    assert "\\begin{tabular}" in tex and "$\\pm$" in tex and "\\%" in tex
+    for name in ("tradeoff", "fidelity"):
+        assert (out / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (out / "figures" / f"{name}.pdf").read_bytes()[:4] == b"%PDF"
+    assert not list(out.rglob("*.tmp"))
+    assert set(rep.tables) >= {"memory", "quality", "tradeoff", "fidelity", "fidelity_layers", "claims", "runs"}
+    layers = read_csv(out / "tables" / "fidelity_layers.csv")
+    assert len(layers) == 2 * 2 * 3 * 2  # tasks x settings x seeds x layers
+
+
+def test_tradeoff_points_and_fidelity_values(out, defs):
+    out, written = out
+    render_report(out, exp_dir=defs)
+    pts = {(r["task"], r["setting"]): r for r in read_csv(out / "tables" / "tradeoff.csv")}
+    p = pts[("multi30k", "paper S=2")]
+    bleu = statistics.mean(expected(written, "multi30k", "paper", {"S": 2}, "test/bleu"))
+    base = statistics.mean(expected(written, "multi30k", "eager", {}, "test/bleu"))
+    assert float(p["quality_delta"]) == pytest.approx(bleu - base)
+    assert float(p["memory_reduction_pct"]) == pytest.approx(80.0)
+    fid = {(r["task"], r["setting"]): r for r in read_csv(out / "tables" / "fidelity.csv")}
+    per_run = [statistics.mean(v["cosine"] for v in w["fidelity"]["layers"].values())
+               for w in written if w["task"] == "sst2" and w["policy_params"].get("S") == 2]
+    assert float(fid[("sst2", "paper S=2")]["cosine_mean"]) == pytest.approx(statistics.mean(per_run))
+
+
+def test_claims_verdicts(out, defs):
+    out, _ = out
+    render_report(out, exp_dir=defs)
+    rows = {r["id"]: r for r in read_csv(out / "tables" / "claims.csv")}
+    # fixture: paper keeps 20% of eager's bytes -> 80% < 84 - 1
+    assert rows["mem"]["verdict"] == "not supported"
+    assert float(rows["mem"]["value"]) == pytest.approx(80.0)
+    assert "recompute: up to" in rows["mem"]["context"]
+    # fixture BLEU of paper S=5 is 5 points above eager -> comparable (>= -1)
+    assert rows["bleu"]["verdict"] == "supported"
+    # fixture accuracy gain of paper S=5 is 5.0 points (mean over seeds) >= 5.4 - 0.5
+    assert rows["acc"]["verdict"] == "supported"
+
+
+def test_no_runs_means_not_run_and_not_measured(tmp_path, defs):
+    out = tmp_path / "empty"
+    (out / "runs").mkdir(parents=True)
+    render_report(out, exp_dir=defs, profile="cpu")
+    rows = read_csv(out / "tables" / "claims.csv")
+    assert [r["verdict"] for r in rows] == ["not measured"] * 3
+    assert "not run" in (out / "tables" / "quality.md").read_text()
+
+
+def test_real_definitions_fill_every_smoke_cell(tmp_path):
+    """With every planned smoke run completed, no table cell of the real experiments is empty."""
+    out = tmp_path / "smoke"
+    write_fixture_runs(out, "smoke", failed=None)
+    rep = render_report(out)
+    for name in ("memory", "quality", "tradeoff", "fidelity", "claims"):
+        md = (out / "tables" / f"{name}.md").read_text()
+        assert "not run" not in md and "failed" not in md and "not measured" not in md, name
+    assert rep.profile == "smoke"
+    for profile in ("cpu", "paper"):
+        exps = load_experiments(profile)
+        assert build_plan(exps, load_common()).runs
+        assert all(len(e.seeds) == 3 for e in exps if e.kind == "quality")
+
+
+def test_atomic_write_leaves_old_file_and_no_partial(tmp_path):
+    target = tmp_path / "tables" / "t.csv"
+    write_text(target, "old\n")
+    with pytest.raises(RuntimeError):
+        with atomic_write(target) as f:
+            f.write("partial")
+            raise RuntimeError("renderer crashed")
+    assert target.read_text() == "old\n"
+    assert [p.name for p in target.parent.iterdir()] == ["t.csv"]
+    fresh = tmp_path / "new.md"
+    with pytest.raises(RuntimeError):
+        with atomic_write(fresh) as f:
+            f.write("partial")
+            raise RuntimeError("boom")
+    assert not fresh.exists()
+
+
+def test_render_failure_keeps_previous_table(out, defs, monkeypatch):
+    out, _ = out
+    render_report(out, exp_dir=defs)
+    before = (out / "tables" / "quality.tex").read_text()
+    from softmax_approx.report import tables
+
+    def boom(self):
+        raise RuntimeError("tex renderer crashed")
+
+    monkeypatch.setattr(tables.Table, "to_latex", boom)
+    with pytest.raises(RuntimeError):
+        render_report(out, exp_dir=defs)
+    assert (out / "tables" / "quality.tex").read_text() == before
+    assert not list(out.rglob("*.tmp"))
+
+
+class FakeRun:
+    def __init__(self, state: str, task: str, policy: str, params: dict, seed: int, acc: float):
+        self.state, self.id, self.tags = state, f"{task}-{policy}-{seed}", []
+        self.config = {"task": {"name": task, "kind": "classification"},
+                       "attention": {"name": policy, "params": params}, "seed": seed,
+                       "profile": {"name": "cpu"}}
+        self.summary = {"test/acc": acc, "memory/attention_bytes": 1000 if policy == "eager" else 250,
+                        "fidelity/encoder.0.self_attn/cosine": 0.97, "_runtime": 3}
+
+
+class FakeApi:
+    def __init__(self, runs):
+        self._runs, self.asked = runs, []
+
+    def runs(self, path):
+        self.asked.append(path)
+        return self._runs
+
+
+def test_from_wandb_with_fake_api(tmp_path, defs, monkeypatch):
+    runs = [FakeRun("finished", "sst2", "eager", {}, s, 0.80 + 0.01 * s) for s in SEEDS]
+    runs += [FakeRun("finished", "sst2", "paper", {"S": 5}, s, 0.82 + 0.02 * s) for s in SEEDS]
+    runs += [FakeRun("crashed", "sst2", "paper", {"S": 2}, 0, 0.0)]
+    api = FakeApi(runs)
+    records = load_wandb("team/proj", api=api)
+    assert api.asked == ["team/proj"]
+    assert [r.status for r in records].count("failed") == 1
+    rep = render_report(tmp_path / "wb", records=records, exp_dir=defs)
+    rows = {(r["task"], r["setting"]): r for r in read_csv(tmp_path / "wb" / "tables" / "quality.csv")}
+    assert float(rows[("sst2", "paper S=5")]["mean"]) == pytest.approx(statistics.mean([82, 84, 86]))
+    assert rows[("sst2", "paper S=2")]["status"] == "failed"
+    mem = {(r["task"], r["setting"]): r for r in read_csv(tmp_path / "wb" / "tables" / "memory.csv")}
+    assert float(mem[("sst2", "paper S=5")]["attention_reduction_vs_eager_pct"]) == pytest.approx(75.0)
+    assert rep.profile == "cpu"
+    # the CLI path builds wandb.Api() itself
+    import wandb
+
+    monkeypatch.setattr(wandb, "Api", lambda: api)
+    assert report_main(["--out", str(tmp_path / "wb2"), "--from-wandb", "team/proj",
+                        "--experiments", str(defs)]) == 0
+    assert (tmp_path / "wb2" / "tables" / "quality.md").exists()
+    with pytest.raises(ConfigError, match="ENTITY/PROJECT"):
+        load_wandb("no-slash", api=api)
+
+
+def test_cli_renders_and_reports_bad_input_in_one_line(out, defs, tmp_path, capsys):
+    out, _ = out
+    assert report_main(["--out", str(out), "--experiments", str(defs)]) == 0
+    assert "runs" in capsys.readouterr().out
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    assert report_main(["--out", str(empty), "--experiments", str(defs)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "--profile" in err and "\n" not in err
+
+
+def test_definitions_errors_and_labels(tmp_path, defs):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.yaml").write_text("name: x\nkind: table\n")
+    with pytest.raises(ConfigError, match="x.yaml: kind='table'"):
+        load_experiments("smoke", bad)
+    (bad / "x.yaml").write_text("name: x\nkind: memory\npolicies: [{grid: {S: [1]}}]\n")
+    with pytest.raises(ConfigError, match="policies entry"):
+        load_experiments("smoke", bad)
+    with pytest.raises(ConfigError, match="profile='gpu'"):
+        load_experiments("gpu", defs)
+    assert Setting("topk", (("keep_ratio", 0.0625),)).label == "topk keep_ratio=1/16"
+    assert Setting("paper", (("S", 5),)).matches("paper", {"S": 5, "other": 1})
+    assert not Setting("paper", (("S", 5),)).matches("paper", {"S": 2})
+    s = Setting("paper", (("S", 5),))
+    assert run_key("sst2", s, 0, ["a=1", "b=2"]) == run_key("sst2", s, 0, ["b=2", "a=1"])
+    assert run_key("sst2", s, 0, ["a=1"]) != run_key("sst2", s, 0, ["a=2"])
+
+
+def test_load_results_marks_unreadable_file_failed(tmp_path):
+    d = tmp_path / "runs" / "x" / "k"
+    d.mkdir(parents=True)
+    (d / "results.json").write_text("{not json")
+    [rec] = load_results(tmp_path / "runs")
+    assert rec.status == "failed" and "unreadable" in rec.error and rec.key == "k"
