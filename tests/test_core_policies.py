@@ -60,6 +60,7 @@ def test_paper_rebuild_matches_independent_derivation(n, mask_kind):
     full_valid = torch.ones_like(probs, dtype=torch.bool) if valid is None else valid
     rebuilt = policy.restore(state, full_valid)
     assert state[0].dtype == index_dtype(n)                          # ranks: smallest dtype
+    assert sorted(state[0][-1].long().tolist()) == list(range(n))    # a permutation
     for i in range(rows):
         want = paper_rebuild_reference(probs[i].double().numpy(), full_valid[i].numpy(), S)
         np.testing.assert_allclose(rebuilt[i].double().numpy(), want, atol=2e-6, rtol=1e-4)
@@ -81,9 +82,9 @@ def test_ranks_do_not_overflow_beyond_256():
     n = 300
     probs = torch.softmax(torch.linspace(0, 5, n), -1)[None]          # strictly increasing
     policy = make_policy("paper", S=5)
-    ranks = policy.compress(probs, None)[0]
-    assert ranks.dtype == torch.int16
-    assert ranks[0, -1].item() == 0 and ranks[0, 0].item() == n - 1
+    order = policy.compress(probs, None)[0]          # sort permutation (the ranks' inverse)
+    assert order.dtype == torch.int16
+    assert order[0].tolist() == list(range(n - 1, -1, -1))
     assert index_dtype(256) == torch.uint8 and index_dtype(257) == torch.int16
     assert index_dtype(40000) == torch.int32
 

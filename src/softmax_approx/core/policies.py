@@ -26,6 +26,8 @@ import torch
 
 StateT = tuple[torch.Tensor, ...]
 
+_INT_VIEW = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16, torch.bfloat16: torch.int16}
+
 
 def index_dtype(n: int) -> torch.dtype:
     """Smallest integer dtype that holds the indices 0..n-1 (no silent uint8 overflow)."""
@@ -122,7 +124,7 @@ class Sdpa(Policy):
 
 @dataclass
 class Paper(Policy):
-    """Lee & Lee (NeurIPS 2023): ranks + S largest + S smallest values + one decay rate per row.
+    """Lee & Lee (NeurIPS 2023): ranks (as the sort permutation) + S largest + S smallest values + one decay rate per row.
 
     Rows with at most 2S valid entries are kept exactly. The middle of the sorted row is
     refilled with u_j = h exp(-r j) and rescaled to the row's missing mass; we use
@@ -138,31 +140,31 @@ class Paper(Policy):
             raise ValueError(f"policy 'paper': parameter S must be an integer >= 1, got {self.S!r}")
 
     def compress(self, probs, valid):
-        n, S = probs.shape[-1], self.S
+        n, k = probs.shape[-1], min(self.S, probs.shape[-1])
         L = count_valid(valid, probs)                                        # (..., 1)
-        key = probs if valid is None else probs.masked_fill(~valid, -1.0)    # invalid sort last
-        sorted_vals, order = key.sort(dim=-1, descending=True)
-        ranks = torch.empty_like(order)
-        ranks.scatter_(-1, order, torch.arange(n, device=probs.device).expand_as(order))
-        ranks = ranks.to(index_dtype(n))
-        k = min(S, n)
-        top = sorted_vals[..., :k]                                           # s_1..s_S
-        bottom_idx = (L - k + torch.arange(k, device=probs.device)).clamp(0, n - 1)
-        bottom = sorted_vals.gather(-1, bottom_idx)                          # s_{L-S+1}..s_L
-        h = top[..., k - 1 :]
-        low = bottom[..., :1]
-        e = sorted_vals.gather(-1, torch.clamp(torch.full_like(L, k), max=n - 1))
+        # Non-negative floats order like their bit patterns read as integers, and integer
+        # sorts are faster; invalid entries get -1 so they sort after every valid one.
+        key = probs.view(_INT_VIEW[probs.dtype])
+        if valid is not None:
+            key = key.masked_fill(~valid, -1)
+        order = key.sort(dim=-1, descending=True).indices                   # sorted pos -> index
+        top = probs.gather(-1, order[..., :k])                               # s_1..s_S
+        bottom_pos = (L - k + torch.arange(k, device=probs.device)).clamp(0, n - 1)
+        bottom = probs.gather(-1, order.gather(-1, bottom_pos))              # s_{L-S+1}..s_L
+        h, low = top[..., k - 1 :], bottom[..., :1]
+        e = probs.gather(-1, order[..., min(k, n - 1) : min(k, n - 1) + 1])   # s_{S+1}
         N = (L - 2 * k + 1).clamp(min=1).to(probs.dtype)
         tiny = torch.finfo(probs.dtype).tiny
         rate = (torch.log(h.clamp(min=tiny) / low.clamp(min=tiny)) + 2 * (h - e)) / (
             N * (1 - h).clamp(min=tiny)
         )
-        rate = rate.clamp(min=0.0)
-        return ranks, top.clamp(min=0), bottom.clamp(min=0), rate.float(), L.to(index_dtype(n + 1))
+        # The sort permutation is the ranks' inverse: same information, same bytes, and
+        # restoring with it is one scatter instead of an extra scatter in forward.
+        return order.to(index_dtype(n)), top, bottom, rate.clamp(min=0.0).float(), L.to(index_dtype(n + 1))
 
     def restore(self, state, valid):
-        ranks, top, bottom, rate, L = state
-        n, k = ranks.shape[-1], top.shape[-1]
+        order, top, bottom, rate, L = state
+        n, k = order.shape[-1], top.shape[-1]
         L = L.long()
         pos = torch.arange(n, device=top.device)                             # sorted position
         # middle j = 1..M (M = L - 2S): h exp(-r j) rescaled to the missing mass, i.e.
@@ -178,7 +180,7 @@ class Paper(Policy):
         sorted_hat[..., :k] = top                                            # invalid tops are 0
         bottom_pos = (L - k + torch.arange(k, device=top.device)).clamp(0, n - 1)
         sorted_hat.scatter_(-1, bottom_pos, bottom)
-        return sorted_hat.gather(-1, ranks.long())
+        return torch.empty_like(sorted_hat).scatter_(-1, order.long(), sorted_hat)
 
 
 @dataclass
