@@ -101,7 +101,7 @@ def test_iwslt_mini_split_and_detokenized_references(tmp_path):
     dm = _dm(tmp_path, task="iwslt14_mini", mini_val_size=6)
     dm.setup()
     assert dm.split_sizes_full == {"train": 24, "val": 6, "test": 10}
-    assert "trained on a split of fairseq valid" in dm.test_split_name
+    assert "trained on a 24-line split of fairseq valid" in dm.test_split_name
     b = next(iter(dm.test_dataloader()))
     assert all("&apos;" not in r and r.endswith("'s.") for r in b["ref_text"])  # Moses-detokenized
     assert dm.decode(dm.encode("it &apos;s a man .") + [dm.eos_id]) == "it's a man."
