@@ -28,12 +28,12 @@ from softmax_approx.utils.errors import ConfigError
 SEEDS = [0, 1, 2]
 
 
-def write_defs(d: Path) -> Path:
+def write_defs(d: Path, paper_s: str = "[2, 5]", extra: str = ", recompute") -> Path:
     """A small set of definitions (2 tasks, 4 settings, 3 seeds) in the real format."""
     d.mkdir(parents=True, exist_ok=True)
-    pol = textwrap.dedent("""\
+    pol = textwrap.dedent(f"""\
         tasks: [sst2, multi30k]
-        policies: [eager, {name: paper, grid: {S: [2, 5]}}, recompute]
+        policies: [eager, {{name: paper, grid: {{S: {paper_s}}}}}{extra}]
         seeds: [0, 1, 2]
         baseline: eager
         """)
@@ -54,10 +54,10 @@ def write_defs(d: Path) -> Path:
         name: fidelity
         kind: fidelity
         tasks: [sst2, multi30k]
-        policies: [{name: paper, grid: {S: [2, 5]}}]
+        policies: [{name: paper, grid: {S: %s}}]
         seeds: [0, 1, 2]
         x_axis: {paper: S}
-        """))
+        """ % paper_s))
     (d / "claims.yaml").write_text(textwrap.dedent("""\
         name: claims
         kind: claims
