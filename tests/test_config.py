@@ -1,0 +1,213 @@
+"""Config tree: every group option composes, profiles pick task-specific values, attention
+files hold exactly their policy's parameters, run dirs are unique, bad configs fail early
+with one line (exit code 2 from the real CLI)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from conftest import compose_cfg
+from softmax_approx.core import POLICIES, POLICY_NAMES
+from softmax_approx.utils.errors import ConfigError, DataError
+from softmax_approx.utils.validation import CONF_DIR, validate_config
+
+CLASSIFICATION_TASKS = ("sst2", "imdb")
+PROFILES = ("smoke", "cpu", "paper")
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def raw_compose(overrides: list[str]):
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            return compose("train", overrides=overrides, return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize(
+    "group",
+    ["task", "model", "attention", "trainer", "logger", "callbacks", "profile", "debug", "experiment", "paths", "hydra"],
+)
+def test_every_group_option_composes(group, tmp_path):
+    opts = options(group)
+    assert opts, f"conf/{group} has no options"
+    for opt in opts:
+        if group == "task" and opt not in CLASSIFICATION_TASKS:
+            continue  # translation tasks are checked by their own tests
+        if group == "model" and OmegaConf.load(CONF_DIR / "model" / f"{opt}.yaml").get("kind") != "classification":
+            continue
+        cfg = raw_compose([f"{group}={opt}", "trainer=cpu"] if group != "trainer" else [f"{group}={opt}"])
+        assert cfg.hydra.runtime.choices[group] == opt
+
+
+def test_attention_files_hold_exactly_their_policy_parameters():
+    assert options("attention") == sorted(POLICY_NAMES)
+    for name in POLICY_NAMES:
+        node = OmegaConf.load(CONF_DIR / "attention" / f"{name}.yaml")
+        assert set(node.keys()) == {"name", "params"}
+        assert node.name == name
+        fields = {f.name for f in dataclasses.fields(POLICIES[name])}
+        assert set(node.params.keys()) == fields, name
+    assert OmegaConf.load(CONF_DIR / "attention/paper.yaml").params == {"S": 5}
+    assert OmegaConf.load(CONF_DIR / "attention/topk.yaml").params == {"keep_ratio": 0.125}
+    assert OmegaConf.load(CONF_DIR / "attention/quant.yaml").params == {"bits": 8}
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_profiles_set_task_specific_values(profile, tmp_path):
+    lens = {}
+    for task in CLASSIFICATION_TASKS:
+        cfg = compose_cfg([f"task={task}", f"profile={profile}", "trainer=cpu"], tmp_path, tiny=False)
+        assert cfg.profile_name == profile
+        assert cfg.hydra.runtime.choices.task_profile == f"{profile}/{task}"
+        assert cfg.model.max_len == cfg.task.datamodule.max_len
+        lens[task] = cfg.task.datamodule.max_len
+    assert lens["imdb"] > lens["sst2"]
+
+
+def test_profile_scales_and_paper_defaults(tmp_path):
+    smoke = compose_cfg(["profile=smoke"], tmp_path, tiny=False)
+    cpu = compose_cfg(["profile=cpu"], tmp_path, tiny=False)
+    paper = raw_compose(["profile=paper"])
+    assert smoke.model.d_model < cpu.model.d_model < paper.model.d_model
+    assert smoke.trainer.max_steps > 0 and smoke.task.datamodule.subset.train > 0
+    assert cpu.task.datamodule.subset is None  # full training sets
+    assert paper.hydra.runtime.choices.trainer == "gpu"
+    assert (paper.model.n_layers, paper.model.d_model, paper.model.n_heads, paper.model.d_ff) == (3, 256, 8, 512)
+    assert paper.task.datamodule.batch_size == 128 and paper.optimizer.lr == 5e-4
+    # command line beats the profile's trainer choice
+    assert raw_compose(["profile=paper", "trainer=cpu"]).hydra.runtime.choices.trainer == "cpu"
+
+
+def test_defaults_order_and_seed(tmp_path):
+    cfg = compose_cfg([], tmp_path, tiny=False)
+    assert cfg.seed == 0
+    assert compose_cfg(["seed=7"], tmp_path, tiny=False).seed == 7
+    defaults = OmegaConf.load(CONF_DIR / "train.yaml").defaults
+    names = [d if isinstance(d, str) else next(iter(d)) for d in defaults]
+    assert names[0] == "_self_"
+    assert names[-3:] == ["experiment", "optional local", "debug"]
+
+
+def test_experiment_holds_deltas_only():
+    for name in options("experiment"):
+        text = (CONF_DIR / "experiment" / f"{name}.yaml").read_text()
+        assert text.lstrip().startswith("# @package _global_") or "\n# @package _global_" in text
+        cfg = raw_compose([f"experiment={name}"])
+        assert cfg.experiment_name == name
+
+
+def test_run_dirs_unique_within_a_second():
+    a = raw_compose([])
+    b = raw_compose([])
+    da, db = str(a.hydra.run.dir), str(b.hydra.run.dir)
+    assert da != db and da.rsplit("_", 1)[0][:-3] == db.rsplit("_", 1)[0][:-3]
+    text = (CONF_DIR / "hydra/default.yaml").read_text()
+    assert "subdir: ${hydra.job.num}" in text and "${run_uid:}" in text
+
+
+def test_unknown_key_is_rejected_by_struct_mode():
+    with pytest.raises(Exception, match="model.bogus|bogus"):
+        raw_compose(["model.bogus=1"])
+
+
+BAD = [
+    (["model.n_heads=3"], ConfigError, r"^model\.n_heads=3 does not divide model\.d_model=\d+; allowed n_heads: 1, 2"),
+    (["model.max_len=0"], ConfigError, r"^model\.max_len=0: must be an integer >= 1$"),
+    (["task.datamodule.max_len=0"], ConfigError, r"max_len=0"),
+    (["attention=paper", "attention.params.S=0"], ConfigError, r"^attention\.params \(paper\): .*S"),
+    (["attention=topk", "attention.params.keep_ratio=2.0"], ConfigError, r"^attention\.params \(topk\): .*keep_ratio"),
+    (["attention=quant", "attention.params.bits=3"], ConfigError, r"bits"),
+    (["attention=paper", "+attention.params.T=3"], ConfigError, r"unknown parameter.*T"),
+    (["attention.name=magic"], ConfigError, r"^attention\.name='magic': allowed values: .*paper"),
+    (["model.kind=translation"], ConfigError, r"does not fit task=sst2 .*choose model= one of: transformer_cls"),
+    (["+model.bogus=1"], ConfigError, r"^model\.bogus: unknown key .*allowed keys: .*d_model"),
+    (["+task.datamodule.bogus=1"], ConfigError, r"^task\.datamodule\.bogus: unknown key"),
+    (["seed=null"], ConfigError, r"^seed=None: must be an integer"),
+    (["model.pool=cls"], ConfigError, r"prepend_cls=true"),
+    (["model.dropout=1.5"], ConfigError, r"^model\.dropout=1\.5"),
+    (["trainer=gpu"], ConfigError, r"trainer\.accelerator=gpu: no CUDA"),
+    (["test_weights=last"], ConfigError, r"allowed values: best, current"),
+    (["paths.data_dir=/nonexistent/dir"], DataError, r"missing data file.*sst2/train\.tsv.*softmax_approx\.data download sst2"),
+]
+
+
+@pytest.mark.parametrize("overrides,err,pattern", BAD, ids=[" ".join(b[0]) for b in BAD])
+def test_bad_config_fails_with_one_line(overrides, err, pattern, make_cfg):
+    import torch
+
+    if overrides == ["trainer=gpu"] and torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    cfg = make_cfg(overrides)
+    with pytest.raises(err) as info:
+        validate_config(cfg)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert __import__("re").search(pattern, msg), msg
+
+
+def test_valid_config_passes(make_cfg):
+    for task in CLASSIFICATION_TASKS:
+        validate_config(make_cfg([f"task={task}", "attention=paper"]))
+
+
+def _cli(args, cwd):
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    return subprocess.run(
+        [sys.executable, "-m", "softmax_approx.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cli_bad_config_exits_2_with_one_line_before_reading_data(tmp_path):
+    # The data dir is empty: the run must stop at the config check, before any data access.
+    r = _cli(["model.n_heads=3", f"paths.data_dir={tmp_path}", f"paths.log_dir={tmp_path}/logs"], tmp_path)
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert lines == [lines[-1]] or not any("Traceback" in ln for ln in lines), r.stderr
+    assert lines[-1].startswith("error: model.n_heads=3 does not divide model.d_model="), r.stderr
+    assert not (tmp_path / "logs").exists() or not list((tmp_path / "logs").rglob("results.json"))
+
+
+@pytest.mark.parametrize(
+    "argv,expected",
+    [
+        (["bogus_key=1"], "error: Could not override 'bogus_key'"),
+        (["model=nope"], "error: In 'train': Could not find 'model/nope'"),
+    ],
+)
+def test_entry_point_composition_errors_exit_2(argv, expected, capsys):
+    from softmax_approx.train import _precheck_overrides
+
+    with pytest.raises(SystemExit) as info:
+        _precheck_overrides(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(expected), err
+    GlobalHydra.instance().clear()
+
+
+def test_entry_point_user_error_exits_2(tmp_path, capsys, monkeypatch):
+    """Missing data through the real @hydra.main wrapper: one line naming the file and the fix."""
+    from softmax_approx import train as train_mod
+
+    monkeypatch.setattr(sys, "argv", ["softmax-approx-train", f"paths.data_dir={tmp_path}/none",
+                                      f"paths.log_dir={tmp_path}/logs", "logger=none", "hydra/job_logging=disabled"])
+    GlobalHydra.instance().clear()
+    with pytest.raises(SystemExit) as info:
+        train_mod.main()
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: task sst2: missing data file(s)") and "softmax_approx.data download sst2" in err
+    GlobalHydra.instance().clear()
