@@ -36,6 +36,8 @@ class Report:
     cells: dict[str, dict] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     records: list[Record] = field(default_factory=list)
+    experiments: dict[str, Experiment] = field(default_factory=dict)
+    task_kinds: dict[str, str] = field(default_factory=dict)
 
 
 def infer_profile(out: Path, records: list[Record], profile: str | None) -> str:
@@ -77,7 +79,7 @@ def render_report(out: Path | str, runs_dir: Path | str | None = None,
     by_name = {e.name: e for e in all_exps}
     common = load_common(exp_dir)
     kinds = dict(common.get("task_kinds") or {})
-    rep = Report(profile, records=records)
+    rep = Report(profile, records=records, experiments=by_name, task_kinds=kinds)
     rep.cells = build_cells(all_exps, records, common)
     tdir, fdir = out / "tables", out / "figures"
 
