@@ -159,9 +159,10 @@ def _status_or(cell: Cell | None, text: str) -> str:
 def memory_table(exp: Experiment, cells: dict[tuple[str, Setting], Cell]) -> Table:
     base_name = exp.raw.get("baseline", "eager")
     ref_name = exp.raw.get("reference", "exact")
+    has_ref = any(s.policy == ref_name for s in exp.settings) and ref_name != base_name
     header = ["task", "policy", "batch (B×L)", "attention activation", "softmax state",
-              "total activation", f"attention vs {base_name}", f"softmax state vs {base_name}",
-              f"attention vs {ref_name}"]
+              "total activation", f"attention vs {base_name}", f"softmax state vs {base_name}"]
+    header += [f"attention vs {ref_name}"] if has_ref else []
     rows, csv_rows = [], []
     for (task, setting), cell in cells.items():
         base, ref = _baseline(cells, task, base_name), _baseline(cells, task, ref_name)
@@ -185,8 +186,7 @@ def memory_table(exp: Experiment, cells: dict[tuple[str, Setting], Cell]) -> Tab
             shown(m["total_activation_bytes"]),
             vs("attention_bytes", bm["attention_bytes"], base),
             vs("softmax_state_bytes", bm["softmax_state_bytes"], base),
-            vs("attention_bytes", rm, ref),
-        ])
+        ] + ([vs("attention_bytes", rm, ref)] if has_ref else []))
         row = _base_row(exp, cell) | {"batch_shape": shape}
         for k in MEMORY_KEYS:
             row[f"{k}_mean"], row[f"{k}_std"] = m[k].mean, m[k].std
@@ -194,8 +194,9 @@ def memory_table(exp: Experiment, cells: dict[tuple[str, Setting], Cell]) -> Tab
             m["attention_bytes"].mean, bm["attention_bytes"].mean)
         row[f"softmax_state_reduction_vs_{base_name}_pct"] = reduction_pct(
             m["softmax_state_bytes"].mean, bm["softmax_state_bytes"].mean)
-        row[f"attention_reduction_vs_{ref_name}_pct"] = reduction_pct(
-            m["attention_bytes"].mean, rm.mean)
+        if has_ref:
+            row[f"attention_reduction_vs_{ref_name}_pct"] = reduction_pct(
+                m["attention_bytes"].mean, rm.mean)
         csv_rows.append(row)
     notes = [MEMORY_DEFINITION, f"Mean over seeds {exp.seeds}; bytes are per training step "
              "on the batch shown (fp32 unless the task's config says otherwise)."]
@@ -207,7 +208,10 @@ def _devices(cells: dict[tuple[str, Setting], Cell]) -> list[str]:
     for cell in cells.values():
         for r in cell.completed:
             hw = (r.data.get("provenance") or {}).get("hardware") or {}
-            dev = hw.get("device") or hw.get("accelerator") or hw.get("gpu") or hw.get("cpu")
+            gpus = hw.get("gpus") or []
+            dev = hw.get("device") or (", ".join(map(str, gpus)) if gpus else None)
+            if not dev and hw:
+                dev = f"CPU ({hw.get('machine') or hw.get('processor') or 'unknown'})"
             if dev:
                 devs.add(str(dev))
     return [f"Measured on: {', '.join(sorted(devs))}."] if devs else []
