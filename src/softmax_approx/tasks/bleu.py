@@ -55,7 +55,7 @@ def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str], lang: str 
         raise ValueError("corpus_bleu: no sentences to score; evaluate on a non-empty split")
     detok = BLEU()
     score = detok.corpus_score(hyps, [refs])
-    tok = BLEU(tokenize="none")
+    tok = BLEU(tokenize="none", force=True)  # force: it is tokenized on purpose (no warning)
     score_tok = tok.corpus_score(
         [moses_tokenize_lower(h, lang) for h in hyps], [[moses_tokenize_lower(r, lang) for r in refs]]
     )
