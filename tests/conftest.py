@@ -45,6 +45,7 @@ TINY = [
     "task.datamodule.max_len=32",
     "task.datamodule.val_size=16",
     "memory.warmup_steps=1",
+    "memory.measure_steps=2",
     "timing.skip_steps=0",
 ]
 

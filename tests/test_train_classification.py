@@ -92,3 +92,14 @@ def test_probe_is_exact_for_exact_policy(make_cfg):
     _, objects = train(make_cfg(["attention=exact", "probe.every_n_steps=1"]))
     for vals in objects["record"]["fidelity"]["layers"].values():
         assert vals["rel_err"] < 1e-6 and vals["cosine"] == pytest.approx(1.0)
+
+
+def test_memory_is_measured_on_the_largest_of_the_measured_batches(make_cfg, tmp_path):
+    """Length-bucketed batches differ in size: the meter keeps the biggest one it saw."""
+    one = train(make_cfg(["memory.warmup_steps=0", "memory.measure_steps=1"]))[1]["record"]["memory"]
+    four = train(make_cfg(["memory.warmup_steps=0", "memory.measure_steps=4"]))[1]["record"]["memory"]
+    numel = lambda m: m["batch_shape"][0] * m["batch_shape"][1]  # noqa: E731
+    assert one["measured_at_step"] == 0 and 0 <= four["measured_at_step"] < 4
+    assert numel(four) >= numel(one)
+    if numel(four) > numel(one):
+        assert four["total_activation_bytes"] > one["total_activation_bytes"]

@@ -80,6 +80,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
             policy=cfg.attention.name,
             policy_params=OmegaConf.to_container(cfg.attention.params, resolve=True),
             memory_warmup_steps=cfg.memory.warmup_steps,
+            memory_measure_steps=cfg.memory.measure_steps,
             timing_skip_steps=cfg.timing.skip_steps,
             probe_every_n_steps=cfg.probe.every_n_steps,
         )
@@ -113,6 +114,12 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
             record["test_weights"] = ckpt_path or "current"
             trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
             metrics.update(_floats(trainer.callback_metrics))
+            # Fields Lightning's numeric logging cannot carry (e.g. translation's sacreBLEU
+            # signature strings, test split name, sample translations).
+            if callable(getattr(module, "results_fields", None)):
+                extra = dict(module.results_fields())
+                metrics.update(extra.pop("metrics", {}))
+                record.update(extra)
         record["metrics"] = dict(sorted(metrics.items()))
         finish_record(record, "completed")
         write_json_atomic(out_path, record)

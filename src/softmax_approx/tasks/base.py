@@ -7,10 +7,13 @@ they must be measured the same way. A subclass only says how to compute the loss
 
 What ends up in results.json (``run_stats``):
 
-* ``memory``: bytes saved for backward by one forward+loss on a fixed training batch (the
-  first batch after ``memory_warmup_steps`` optimizer steps), measured with
+* ``memory``: bytes saved for backward by one forward+loss, measured with
   ``core.ActivationMeter`` — attention, softmax-state and total activation bytes — plus, on
-  CUDA, the peak allocated during that whole step minus what was allocated before it.
+  CUDA, the peak allocated during that whole step minus what was allocated before it. Batches
+  are length-bucketed, so a single batch may be tiny (SST-2 has 2-token phrases): the training
+  steps ``memory_warmup_steps .. memory_warmup_steps + memory_measure_steps - 1`` are all
+  measured and the largest batch (most padded tokens, B x L) is kept. With the same seed the
+  batch order is the same, so every policy is measured on the same batch.
 * ``timing``: median wall time of a training step (forward, backward, optimizer; CUDA
   synchronised) after ``timing_skip_steps`` steps, and tokens (real, unpadded) per second.
 * ``fidelity``: the last gradient-fidelity probe, or None when it is off.
@@ -43,6 +46,13 @@ def linear_warmup_decay(optimizer: torch.optim.Optimizer, total_steps: int, warm
     return LambdaLR(optimizer, factor)
 
 
+def _numel(shape: list[int]) -> int:
+    out = 1
+    for n in shape:
+        out *= int(n)
+    return out
+
+
 class BaseTask(L.LightningModule):
     """Optimizer/scheduler from ``_partial_`` configs, memory/timing measurement, probe."""
 
@@ -57,6 +67,7 @@ class BaseTask(L.LightningModule):
         policy: str = "eager",
         policy_params: dict | None = None,
         memory_warmup_steps: int = 2,
+        memory_measure_steps: int = 10,
         timing_skip_steps: int = 2,
         probe_every_n_steps: int = 0,
     ) -> None:
@@ -74,6 +85,7 @@ class BaseTask(L.LightningModule):
         self._t0: float | None = None
         self._cuda_base: int | None = None
         self._measure_this_step = False
+        self._kept_this_step = False
 
     # ---------------------------------------------------------------- to override
     @classmethod
@@ -114,7 +126,9 @@ class BaseTask(L.LightningModule):
             torch.cuda.synchronize(self.device)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._measure_this_step = self.memory is None and self.global_step >= self.hparams.memory_warmup_steps
+        first = self.hparams.memory_warmup_steps
+        self._measure_this_step = first <= self.global_step < first + max(1, self.hparams.memory_measure_steps)
+        self._kept_this_step = False
         self._sync()
         if self._measure_this_step and self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -126,10 +140,10 @@ class BaseTask(L.LightningModule):
         if self._t0 is not None and self.global_step > self.hparams.timing_skip_steps:
             self._step_seconds.append(time.perf_counter() - self._t0)
             self._step_tokens.append(self.count_tokens(batch))
-        if self._measure_this_step and self.memory is not None:
+        if self._measure_this_step and self._kept_this_step and self.memory is not None:
             if self.device.type == "cuda" and self._cuda_base is not None:
                 self.memory["peak_step_bytes"] = int(torch.cuda.max_memory_allocated(self.device) - self._cuda_base)
-            self._measure_this_step = False
+        self._measure_this_step = False
 
     def timing(self) -> dict:
         """Median step seconds and tokens/second over the timed steps (None before any)."""
@@ -152,8 +166,11 @@ class BaseTask(L.LightningModule):
         if self._measure_this_step:
             with ActivationMeter(self.net) as meter:
                 loss, out = self.step(batch)
-            self.memory = {**self._memory_fields(meter.report()), "batch_shape": self.batch_shape(batch),
-                           "peak_step_bytes": None, "measured_at_step": int(self.global_step)}
+            shape = self.batch_shape(batch)
+            if self.memory is None or _numel(shape) > _numel(self.memory["batch_shape"]):
+                self.memory = {**self._memory_fields(meter.report()), "batch_shape": shape,
+                               "peak_step_bytes": None, "measured_at_step": int(self.global_step)}
+                self._kept_this_step = True
         else:
             loss, out = self.step(batch)
         self.log_train(loss, out, batch)

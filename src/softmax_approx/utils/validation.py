@@ -120,6 +120,7 @@ def validate_config(cfg: DictConfig, check_data: bool = True) -> None:
     # other knobs
     _int(cfg, "probe.every_n_steps", 0)
     _int(cfg, "memory.warmup_steps", 0)
+    _int(cfg, "memory.measure_steps", 1)
     if cfg.get("test_weights") not in ("best", "current"):
         raise ConfigError(f"test_weights={cfg.get('test_weights')!r}: allowed values: best, current")
     accel = cfg.trainer.get("accelerator")
