@@ -268,11 +268,13 @@ def test_render_failure_keeps_previous_table(out, defs, monkeypatch):
 class FakeRun:
     def __init__(self, state: str, task: str, policy: str, params: dict, seed: int, acc: float):
         self.state, self.id, self.tags = state, f"{task}-{policy}-{seed}", []
-        self.config = {"task": {"name": task, "kind": "classification"},
-                       "attention": {"name": policy, "params": params}, "seed": seed,
-                       "profile": {"name": "cpu"}}
+        # as train.py logs it: the resolved config under "cfg"; metrics and probe values in
+        # the summary (memory/* only when the harness logs it)
+        self.config = {"params/total": 10, "cfg": {
+            "task": {"name": task, "kind": "classification"},
+            "attention": {"name": policy, "params": params}, "seed": seed, "profile_name": "cpu"}}
         self.summary = {"test/acc": acc, "memory/attention_bytes": 1000 if policy == "eager" else 250,
-                        "fidelity/encoder.0.self_attn/cosine": 0.97, "_runtime": 3}
+                        "probe/encoder.0.self_attn/cosine": 0.97, "_runtime": 3}
 
 
 class FakeApi:
@@ -299,6 +301,8 @@ def test_from_wandb_with_fake_api(tmp_path, defs, monkeypatch):
     mem = {(r["task"], r["setting"]): r for r in read_csv(tmp_path / "wb" / "tables" / "memory.csv")}
     assert float(mem[("sst2", "paper S=5")]["attention_reduction_vs_eager_pct"]) == pytest.approx(75.0)
     assert rep.profile == "cpu"
+    fid = {(r["task"], r["setting"]): r for r in read_csv(tmp_path / "wb" / "tables" / "fidelity.csv")}
+    assert float(fid[("sst2", "paper S=5")]["cosine_mean"]) == pytest.approx(0.97)
     # the CLI path builds wandb.Api() itself
     import wandb
 

@@ -239,9 +239,9 @@ def bleu_signature(cells: dict[tuple[str, Setting], Cell]) -> str:
     for c in cells.values():
         for r in c.completed:
             for src in (r.metrics, r.data):
-                for k, v in src.items():
-                    if "signature" in k and isinstance(v, str):
-                        return v
+                for k in ("test/bleu_signature", "bleu_signature"):
+                    if isinstance(src.get(k), str):
+                        return src[k]
     try:
         from sacrebleu.metrics import BLEU
 
@@ -311,6 +311,13 @@ def quality_table(exp: Experiment, cells: dict[tuple[str, Setting], Cell],
         notes.append(" ".join(str(m.get("definition", f"{m['key']} ({kind})")).split()))
     if "translation" in kinds_used:
         notes.append(f"sacreBLEU signature: `{bleu_signature(cells)}`.")
+    splits = {}
+    for (task, _), cell in cells.items():
+        for r in cell.completed:
+            if r.data.get("test_split"):
+                splits.setdefault(task, str(r.data["test_split"]))
+    if splits:
+        notes.append("Test split: " + "; ".join(f"{t}: {s}" for t, s in splits.items()) + ".")
     return Table(exp.name, exp.title, exp.profile, header, rows, notes, csv_rows)
 
 

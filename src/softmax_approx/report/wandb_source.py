@@ -1,10 +1,12 @@
 """Read runs back from Weights & Biases (`--from-wandb ENTITY/PROJECT`) as report Records.
 
 Why a second source: runs synced from several machines meet in one W&B project, not one
-directory. The mapping: the run's config is the resolved Hydra config (task.name,
-attention.name/params, seed, profile.name); its summary holds the metrics (`test/acc`,
-`test/bleu`, ...) and `memory/<key>` / `fidelity/<layer>/<cosine|rel_err>` entries. When the
-harness logged the whole results.json into the summary under `results`, that is used as is.
+directory. The mapping: the run's config holds the resolved Hydra config (under `cfg`, as
+train.py logs it: task.name, attention.name/params, seed, profile_name); its summary holds the
+metrics (`test/acc`, `test/bleu`, ...), the last probe values `probe/<layer>/<cosine|rel_err>`
+and, if logged, `memory/<key>`. Activation memory is only in results.json unless the harness
+logs `memory/*` (or the whole record under the summary key `results`, used as is when
+present); without it the memory cells of W&B-sourced tables read "not measured".
 W&B state `finished` -> completed; `failed`/`crashed` -> failed; anything else -> running.
 """
 
@@ -27,12 +29,14 @@ def record_from_run(run: Any) -> Record:
     config = dict(getattr(run, "config", {}) or {})
     if isinstance(summary.get("results"), dict):
         return Record(dict(summary["results"]))
+    if isinstance(config.get("cfg"), dict):  # train.py logs the resolved config under "cfg"
+        config = dict(config["cfg"])
     attention = config.get("attention") or {}
     metrics, memory, layers = {}, {}, {}
     for k, v in summary.items():
         if k.startswith("memory/"):
             memory[k.split("/", 1)[1]] = v
-        elif k.startswith("fidelity/"):
+        elif k.startswith(("fidelity/", "probe/")):
             parts = k.split("/")
             if len(parts) == 3:
                 layers.setdefault(parts[1], {})[parts[2]] = v
@@ -47,7 +51,7 @@ def record_from_run(run: Any) -> Record:
         "policy": _name(attention),
         "policy_params": dict((attention or {}).get("params") or {}) if isinstance(attention, dict) else {},
         "seed": config.get("seed"),
-        "profile": _name(config.get("profile")),
+        "profile": config.get("profile_name") or _name(config.get("profile")),
         "job_id": getattr(run, "id", None),
         "tags": list(getattr(run, "tags", []) or []),
         "metrics": metrics,
