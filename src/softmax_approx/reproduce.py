@@ -260,11 +260,10 @@ def run(profile: str, out: Path | str, data_dir: Path | str, only: list[str] | N
     out = Path(out).resolve()
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     exps = load_experiments(profile, exp_dir)
-    select(exps, only)  # validates the names
     plan = build_plan(exps, load_common(exp_dir), only)
     todo, done = plan_jobs(plan, out)
-    print(f"reproduce [{profile}]: {len(plan.runs)} runs in "
-          f"{len({e for u in plan.users.values() for e in u})} experiments; "
+    names = [e.name for e in select(exps, only)]
+    print(f"reproduce [{profile}]: {len(plan.runs)} runs for {', '.join(names)}; "
           f"{len(done)} completed (skipped), {len(todo)} to run -> {out}", file=stream, flush=True)
     if dry_run:
         for job in done + todo:
