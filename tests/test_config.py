@@ -211,3 +211,22 @@ def test_entry_point_user_error_exits_2(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: task sst2: missing data file(s)") and "softmax_approx.data download sst2" in err
     GlobalHydra.instance().clear()
+
+
+@pytest.mark.slow
+def test_cli_multirun_dirs_and_results(tmp_path, data_dir):
+    """Real CLI sweep: one sweep dir, one numbered subdir per job, each with its results.json."""
+    r = _cli(["-m", "seed=0,1", f"paths.data_dir={data_dir}", f"paths.log_dir={tmp_path}/logs", "logger=csv",
+              *[o for o in __import__("conftest").TINY if not o.startswith("logger=")]], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    sweeps = list((tmp_path / "logs" / "multiruns").iterdir())
+    assert len(sweeps) == 1
+    recs = sorted((json_load(p) for p in sweeps[0].glob("*/results.json")), key=lambda x: x["seed"])
+    assert [x["seed"] for x in recs] == [0, 1] and all(x["status"] == "completed" for x in recs)
+    assert {x["job_id"] for x in recs} == {f"{sweeps[0].name}/0", f"{sweeps[0].name}/1"}
+
+
+def json_load(path):
+    import json
+
+    return json.loads(path.read_text())
