@@ -167,3 +167,24 @@ def test_label_smoothed_loss_matches_fairseq_definition_and_ignores_pad():
     assert loss.item() == pytest.approx((want / 3).item(), rel=1e-5)
     plain, plain_nll, _ = label_smoothed_nll_loss(logits, target, epsilon=0.0, ignore_index=0)
     assert plain.item() == pytest.approx(plain_nll.item())
+
+
+def test_wandb_offline_run_gets_the_sample_table(tmp_path, mt_data, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logged = []
+    from lightning.pytorch.loggers import WandbLogger
+
+    original = WandbLogger.log_table
+
+    def spy(self, key, columns=None, data=None, **kw):
+        logged.append((key, columns, data))
+        return original(self, key=key, columns=columns, data=data, **kw)
+
+    monkeypatch.setattr(WandbLogger, "log_table", spy)
+    _, _, rec = _run(tmp_path, mt_data, ["task=multi30k", "logger=wandb", "trainer.limit_train_batches=2"])
+    assert rec["status"] == "completed"
+    keys = {k for k, _, _ in logged}
+    assert {"val/samples", "test/samples"} <= keys
+    _, cols, rows = next(x for x in logged if x[0] == "test/samples")
+    assert cols == ["step", "source", "reference", "hypothesis"] and len(rows) == 2
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
