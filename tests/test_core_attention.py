@@ -175,3 +175,11 @@ def test_bad_dropout_and_mask_dtype_are_rejected():
         attention(q, k, v, dropout_p=1.0)
     with pytest.raises(TypeError, match="bool"):
         attention(q, k, v, mask=torch.ones(24, 24))
+
+
+def test_policy_params_are_exactly_the_declared_parameters():
+    assert make_policy("paper").params == {"S": 5}
+    assert make_policy("topk", keep_ratio=0.5).params == {"keep_ratio": 0.5}
+    assert make_policy("eager").params == {}
+    with pytest.raises(ValueError, match="unknown parameter.*foo; allowed: none"):
+        make_policy("eager", foo=1)

@@ -18,6 +18,7 @@ Adding a policy: one class here (validated parameters, `compress`, `restore`), i
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -64,7 +65,7 @@ class Policy:
 
     @property
     def params(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def compress(self, probs: torch.Tensor, valid: torch.Tensor | None) -> StateT:
         raise NotImplementedError
@@ -275,7 +276,7 @@ def make_policy(policy: str | Policy, **params) -> Policy:
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICY_NAMES)}")
     cls = POLICIES[policy]
-    allowed = set(cls.__dataclass_fields__)
+    allowed = {f.name for f in dataclasses.fields(cls)}
     unknown = set(params) - allowed
     if unknown:
         allowed_txt = ", ".join(sorted(allowed)) or "none"
