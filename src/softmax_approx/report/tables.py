@@ -175,18 +175,20 @@ def memory_table(exp: Experiment, cells: dict[tuple[str, Setting], Cell]) -> Tab
         def shown(st: Stats, cell: Cell = cell) -> str:
             return cell.show(st) if cell.status != "completed" or st.n == 0 else fmt_bytes(st.mean)
 
-        def vs(key: str, b: Stats, bcell: Cell | None, cell: Cell = cell) -> str:
+        def vs(key: str, b: Stats, bcell: Cell | None, name: str, cell: Cell = cell) -> str:
             if cell.status != "completed":
                 return cell.status
-            return _status_or(bcell, fmt_reduction(m[key].mean, b.mean))
+            if bcell is None or bcell.status != "completed":
+                return f"{name} {bcell.status if bcell else 'not run'}"
+            return fmt_reduction(m[key].mean, b.mean)
 
         rows.append([
             task, setting.label, shape if cell.status == "completed" else cell.status,
             shown(m["attention_bytes"]), shown(m["softmax_state_bytes"]),
             shown(m["total_activation_bytes"]),
-            vs("attention_bytes", bm["attention_bytes"], base),
-            vs("softmax_state_bytes", bm["softmax_state_bytes"], base),
-        ] + ([vs("attention_bytes", rm, ref)] if has_ref else []))
+            vs("attention_bytes", bm["attention_bytes"], base, base_name),
+            vs("softmax_state_bytes", bm["softmax_state_bytes"], base, base_name),
+        ] + ([vs("attention_bytes", rm, ref, ref_name)] if has_ref else []))
         row = _base_row(exp, cell) | {"batch_shape": shape}
         for k in MEMORY_KEYS:
             row[f"{k}_mean"], row[f"{k}_std"] = m[k].mean, m[k].std
@@ -194,6 +196,11 @@ def memory_table(exp: Experiment, cells: dict[tuple[str, Setting], Cell]) -> Tab
             m["attention_bytes"].mean, bm["attention_bytes"].mean)
         row[f"softmax_state_reduction_vs_{base_name}_pct"] = reduction_pct(
             m["softmax_state_bytes"].mean, bm["softmax_state_bytes"].mean)
+        kinds = sorted({k for r in cell.completed for k in (r.memory.get("by_kind") or {})})
+        for kind in kinds:  # e.g. encoder_self / decoder_self / cross, when the run reports it
+            for field_ in ("bytes", "softmax_state_bytes"):
+                row[f"{kind}_{field_}_mean"] = cell.values(
+                    lambda r, k=kind, f=field_: ((r.memory.get("by_kind") or {}).get(k) or {}).get(f)).mean
         if has_ref:
             row[f"attention_reduction_vs_{ref_name}_pct"] = reduction_pct(
                 m["attention_bytes"].mean, rm.mean)
