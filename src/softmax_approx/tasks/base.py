@@ -17,6 +17,11 @@ What ends up in results.json (``run_stats``):
 * ``timing``: median wall time of a training step (forward, backward, optimizer; CUDA
   synchronised) after ``timing_skip_steps`` steps, and tokens (real, unpadded) per second.
 * ``fidelity``: the last gradient-fidelity probe, or None when it is off.
+
+Reliability (docs/reliability.md): a non-finite training loss stops the run before backward
+(:class:`~softmax_approx.utils.errors.NonFiniteLossError`, naming the step and batch index), and
+the state a resumed run needs beyond Lightning's own (the measurements above and the
+``*_best`` metrics, which torchmetrics does not put in ``state_dict``) travels in checkpoints.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from softmax_approx.core import ActivationMeter
 from softmax_approx.nn import MultiHeadAttention, set_attention_policy
+from softmax_approx.utils.errors import NonFiniteLossError
 
 
 def linear_warmup_decay(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0) -> LambdaLR:
@@ -86,6 +92,7 @@ class BaseTask(L.LightningModule):
         self._cuda_base: int | None = None
         self._measure_this_step = False
         self._kept_this_step = False
+        self._restored_best: dict[str, float] = {}
 
     # ---------------------------------------------------------------- to override
     @classmethod
@@ -173,8 +180,20 @@ class BaseTask(L.LightningModule):
                 self._kept_this_step = True
         else:
             loss, out = self.step(batch)
+        self.check_finite(loss, batch_idx)
         self.log_train(loss, out, batch)
         return loss
+
+    def check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        """Stop before backward on a NaN/inf loss: no NaN gradient reaches the weights, and no
+        later checkpoint is written, so ``last.ckpt`` stays the last good state."""
+        if not bool(torch.isfinite(loss.detach()).all()):
+            raise NonFiniteLossError(
+                f"non-finite training loss ({loss.detach().float().mean().item()}) at global step "
+                f"{int(self.global_step)} (epoch {int(self.current_epoch)}, batch index {batch_idx}); "
+                "the last good checkpoint is kept; lower optimizer.lr or gradient clipping, or rerun "
+                "the same command to resume from it"
+            )
 
     @staticmethod
     def _memory_fields(report: Any) -> dict:
@@ -237,6 +256,39 @@ class BaseTask(L.LightningModule):
             rel = ((a - e).norm() / e.norm().clamp_min(1e-30)).item()
             layers[name] = {"cosine": cos, "rel_err": rel}
         return {"layers": layers, "step": int(self.global_step), "dropout": "disabled (eval mode)"}
+
+    # ---------------------------------------------------------------- resume
+    def _best_metrics(self) -> dict[str, Any]:
+        from torchmetrics import MaxMetric, MinMetric
+
+        return {n: m for n, m in self.named_children() if isinstance(m, (MaxMetric, MinMetric))}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Measurements and running bests, so a resumed run reports what an uninterrupted one would."""
+        checkpoint["softmax_approx"] = {
+            "memory": self.memory,
+            "fidelity": self.fidelity,
+            "step_seconds": list(self._step_seconds),
+            "step_tokens": list(self._step_tokens),
+            "best_metrics": {n: float(m.compute()) for n, m in self._best_metrics().items() if m.update_count},
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("softmax_approx")
+        if not state:
+            return
+        self.memory, self.fidelity = state["memory"], state["fidelity"]
+        self._step_seconds, self._step_tokens = list(state["step_seconds"]), list(state["step_tokens"])
+        self._restored_best = dict(state["best_metrics"])
+
+    def on_train_epoch_start(self) -> None:
+        # Subclasses reset their *_best metrics in on_train_start (which also runs on resume);
+        # put the checkpoint's values back once, after that.
+        for name, value in self._restored_best.items():
+            metric = self._best_metrics().get(name)
+            if metric is not None:
+                metric.update(torch.tensor(value, device=self.device))
+        self._restored_best = {}
 
     def run_stats(self) -> dict:
         """Memory, timing, fidelity and parameter counts for results.json."""

@@ -15,3 +15,7 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """Missing or malformed data (names the file, the line where there is one, and the fix)."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN/inf (names the step and batch index); not a user error."""
