@@ -82,3 +82,36 @@ def write_fixture_runs(out: Path, profile: str = "smoke", exp_dir: Path | None =
         (d / "results.json").write_text(json.dumps(data))
         written.append(data)
     return written
+
+
+def bench_records(exp, seq_lens=(128, 512)) -> list[dict[str, Any]]:
+    """Records in the format of `python -m softmax_approx.bench --json` for `exp`'s settings."""
+    eager = 12.0
+    per_score = {"eager": 12.0, "exact": 4.0, "paper": 1.2, "topk": 2.0, "quant": 1.0,
+                 "recompute": 0.03, "sdpa": 12.5}
+    recs = []
+    for n in seq_lens:
+        for s in exp.settings:
+            st = per_score[s.policy] + 0.001 * n
+            recs.append({"policy": s.policy, "params": s.params_dict, "seq_len": n, "batch": 2,
+                         "heads": 2, "head_dim": 32, "dropout_p": 0.1, "dtype": "fp32",
+                         "device": "cpu", "logits": "peaked", "state_bytes_per_score": st,
+                         "attention_saved_bytes": int(st * n * n * 4),
+                         "reduction_vs_eager": 1 - st / (eager + 0.001 * n),
+                         "reduction_vs_exact": 1 - st / (4.0 + 0.001 * n),
+                         "module_reduction_vs_eager": 0.9 * (1 - st / (eager + 0.001 * n)),
+                         "time_ratio_vs_eager": 1.5, "grad_cosine": 0.99, "grad_rel_err": 0.01})
+    return recs
+
+
+def write_fixture_bench(out: Path, profile: str = "smoke", exp_dir: Path | None = None) -> list:
+    """Write OUT/bench/<key>.json for every bench experiment, where reproduce would."""
+    written = []
+    for exp in load_experiments(profile, exp_dir):
+        if exp.kind == "bench":
+            recs = bench_records(exp)
+            path = out / "bench" / f"{exp.bench_key()}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(recs))
+            written += recs
+    return written

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures_results import results_json, write_fixture_runs
+from fixtures_results import results_json, write_fixture_bench, write_fixture_runs
 from softmax_approx.report import (
     Setting,
     build_plan,
@@ -221,11 +221,19 @@ def test_real_definitions_fill_every_smoke_cell(tmp_path):
     """With every planned smoke run completed, no table cell of the real experiments is empty."""
     out = tmp_path / "smoke"
     write_fixture_runs(out, "smoke", failed=None)
+    bench = write_fixture_bench(out, "smoke")
     rep = render_report(out)
-    for name in ("memory", "quality", "tradeoff", "fidelity", "claims"):
+    for name in ("memory", "quality", "tradeoff", "fidelity", "bench", "claims"):
         md = (out / "tables" / f"{name}.md").read_text()
         assert "not run" not in md and "failed" not in md and "not measured" not in md, name
     assert rep.profile == "smoke"
+    # the bench claim reads the benchmark's largest whole-call reduction of the paper policy
+    claim = next(r for r in read_csv(out / "tables" / "claims.csv") if r["id"] == "memory_reduction_bench")
+    best = max(100 * r["module_reduction_vs_eager"] for r in bench if r["policy"] == "paper")
+    assert float(claim["value"]) == pytest.approx(best)
+    assert claim["verdict"] == ("supported" if best >= 83.0 else "not supported")
+    md = (out / "tables" / "bench.md").read_text()
+    assert "n=512 state B/score" in md and "| paper S=5 | 1.328 |" in md
     for profile in ("cpu", "paper"):
         exps = load_experiments(profile)
         assert build_plan(exps, load_common()).runs

@@ -181,3 +181,42 @@ def test_cli(env, capsys):
                            str(env["data"]), "--experiments", str(env["defs"]), "--only", "nope"])
     err = capsys.readouterr().err
     assert code == 2 and "--only nope: no such experiment" in err
+
+
+FAKE_BENCH = textwrap.dedent("""\
+    import json, os, sys
+    args = sys.argv[1:]
+    if os.environ.get("FAKE_BENCH_CRASH"):
+        print("RuntimeError: bench exploded (fake)", file=sys.stderr)
+        sys.exit(3)
+    path = args[args.index("--json") + 1]
+    pols = [args[i + 1] for i, a in enumerate(args) if a == "--policy"]
+    recs = [{"policy": p.split(":")[0], "params": {}, "seq_len": 64, "logits": "peaked",
+             "state_bytes_per_score": 1.0, "reduction_vs_eager": 0.5,
+             "module_reduction_vs_eager": 0.4, "time_ratio_vs_eager": 1.0, "grad_cosine": 1.0}
+            for p in pols]
+    with open(path, "w") as f:
+        json.dump(recs, f)
+    """)
+
+
+def test_bench_experiment_runs_once_and_records_failure(env, tmp_path, monkeypatch):
+    (env["defs"] / "bench.yaml").write_text(
+        "name: bench\nkind: bench\npolicies: [eager, recompute]\nbench_args: [--seq-len, 64]\n")
+    script = tmp_path / "fake_bench.py"
+    script.write_text(FAKE_BENCH)
+    monkeypatch.setattr(reproduce, "BENCH_COMMAND", [sys.executable, str(script)])
+    monkeypatch.setenv("FAKE_BENCH_CRASH", "1")
+    rc, text = go(env, only=["bench"], report=True)
+    assert rc == 1 and "failed" in text
+    [failed] = (env["out"] / "bench").glob("*.failed.json")
+    assert "bench exploded" in json.loads(failed.read_text())["stderr_tail"]
+    assert "| eager | failed |" in (env["out"] / "tables" / "bench.md").read_text()
+    monkeypatch.delenv("FAKE_BENCH_CRASH")
+    rc, text = go(env, only=["bench"], report=True)
+    assert rc == 0 and not failed.exists()
+    [done] = (env["out"] / "bench").glob("bench-*[0-9a-f].json")
+    assert [r["policy"] for r in json.loads(done.read_text())] == ["eager", "recompute"]
+    assert "| recompute | 1.000 | 50.0% | 40.0% |" in (env["out"] / "tables" / "bench.md").read_text()
+    rc, text = go(env, only=["bench"])
+    assert "exists, skipped" in text

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from softmax_approx.report.definitions import (
+    Experiment,
     Plan,
     RunSpec,
     build_plan,
@@ -44,6 +45,7 @@ from softmax_approx.utils.errors import UserError
 
 # The training command; tests point it at a fake train script.
 TRAIN_COMMAND: list[str] = [sys.executable, "-m", "softmax_approx.train"]
+BENCH_COMMAND: list[str] = [sys.executable, "-m", "softmax_approx.bench"]
 LOG_NAME = "reproduce.log"
 TAIL_LINES = 40
 
@@ -240,6 +242,46 @@ def _kill(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def bench_path(out: Path, exp: Experiment) -> Path:
+    """Where a bench experiment's records go: OUT/bench/<name>-<hash of its arguments>.json."""
+    return out / "bench" / f"{exp.bench_key()}.json"
+
+
+def run_bench(exp: Experiment, out: Path, stream: Any, run_timeout: float = 0) -> str:
+    """Run `python -m softmax_approx.bench` once for `exp` unless its JSON exists; on failure
+    write <key>.failed.json (error + output tail) so the report can say `failed`."""
+    path = bench_path(out, exp)
+    if path.exists():
+        print(f"bench     {path.name}: exists, skipped", file=stream, flush=True)
+        return "completed"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    failed = path.with_suffix(".failed.json")
+    log = path.with_suffix(".log")
+    tmp = path.with_suffix(".partial.json")
+    cmd = [*BENCH_COMMAND, "--json", str(tmp), *exp.bench_command()]
+    t0 = time.monotonic()
+    with open(log, "w", encoding="utf-8") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        try:
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(1),
+                                timeout=run_timeout or None).returncode
+        except subprocess.TimeoutExpired:
+            rc = -9
+    ok = rc == 0 and tmp.exists()
+    if ok:
+        tmp.replace(path)
+        failed.unlink(missing_ok=True)
+    else:
+        tail = _tail(log)
+        last = next((ln.strip() for ln in reversed(tail.splitlines()) if ln.strip()), "")
+        write_json(failed, {"status": "failed", "returncode": rc, "command": cmd,
+                            "error": f"bench exited with code {rc}: {last}", "stderr_tail": tail})
+    status = "completed" if ok else "failed"
+    print(f"bench     {path.name}: {status} ({time.monotonic() - t0:.1f} s)", file=stream, flush=True)
+    return status
+
+
 def _manifest(out: Path, profile: str, data_dir: str, only: list[str] | None,
               jobs: list[Job], started: str) -> None:
     write_json(out / "reproduce.json", {
@@ -262,10 +304,16 @@ def run(profile: str, out: Path | str, data_dir: Path | str, only: list[str] | N
     exps = load_experiments(profile, exp_dir)
     plan = build_plan(exps, load_common(exp_dir), only)
     todo, done = plan_jobs(plan, out)
-    names = [e.name for e in select(exps, only)]
+    chosen = select(exps, only)
+    names = [e.name for e in chosen]
+    benches = [e for e in chosen if e.kind == "bench"]
     print(f"reproduce [{profile}]: {len(plan.runs)} runs for {', '.join(names)}; "
           f"{len(done)} completed (skipped), {len(todo)} to run -> {out}", file=stream, flush=True)
     if dry_run:
+        for exp in benches:
+            state = "completed" if bench_path(out, exp).exists() else "missing"
+            print(f"  {state:<9} bench/{exp.bench_key()}  python -m softmax_approx.bench "
+                  + " ".join(exp.bench_command()), file=stream)
         for job in done + todo:
             shared = ",".join(plan.users[job.spec.key])
             print(f"  {job.status:<9} {job.owner}/{job.spec.key}  [{shared}]  "
@@ -274,6 +322,7 @@ def run(profile: str, out: Path | str, data_dir: Path | str, only: list[str] | N
     out.mkdir(parents=True, exist_ok=True)
     all_jobs = done + todo
     _manifest(out, profile, str(data_dir), only, all_jobs, started)
+    bench_failed = [e.name for e in benches if run_bench(e, out, stream, run_timeout) != "completed"]
     progress = Progress(len(todo), stream)
     try:
         execute(todo, str(Path(data_dir).resolve()), jobs, progress, train_command, run_timeout)
@@ -288,7 +337,7 @@ def run(profile: str, out: Path | str, data_dir: Path | str, only: list[str] | N
 
         rep = render_report(out, profile=profile, exp_dir=exp_dir, only=only)
         print(f"report: {len(rep.files)} files under {out}/tables, {out}/figures", file=stream)
-    return 1 if failed else 0
+    return 1 if failed or bench_failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:

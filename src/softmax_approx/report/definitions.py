@@ -22,9 +22,9 @@ import yaml
 from softmax_approx.utils.errors import ConfigError
 
 PROFILES = ("smoke", "cpu", "paper")
-KINDS = ("memory", "quality", "tradeoff", "fidelity", "claims")
+KINDS = ("memory", "quality", "tradeoff", "fidelity", "claims", "bench")
 # Keys a profile section may replace wholesale.
-_PROFILE_KEYS = ("tasks", "policies", "seeds", "overrides")
+_PROFILE_KEYS = ("tasks", "policies", "seeds", "overrides", "bench_args")
 
 
 def default_experiments_dir() -> Path:
@@ -114,8 +114,20 @@ class Experiment:
     def uses(self) -> list[str]:
         return list(self.raw.get("uses", []))
 
+    def bench_command(self) -> list[str]:
+        """Arguments of `python -m softmax_approx.bench` (kind `bench` only)."""
+        args = [str(a) for a in self.raw.get("bench_args") or []]
+        for s in self.settings:
+            args += ["--policy", s.policy + (":" + ",".join(f"{k}={v}" for k, v in s.params)
+                                             if s.params else "")]
+        return args
+
+    def bench_key(self) -> str:
+        digest = hashlib.sha1("\n".join(self.bench_command()).encode()).hexdigest()[:8]
+        return f"{self.name}-{digest}"
+
     def runs(self, common_overrides: list[str]) -> list[RunSpec]:
-        """Every (task, setting, seed) of this experiment as a RunSpec."""
+        """Every (task, setting, seed) of this experiment as a RunSpec (none for `bench`)."""
         out = []
         for task, setting, seed in itertools.product(self.tasks, self.settings, self.seeds):
             ov = [f"task={task}", f"attention={setting.policy}"]

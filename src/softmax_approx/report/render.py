@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from softmax_approx.report import bench as bench_mod
 from softmax_approx.report import claims as claims_mod
 from softmax_approx.report import figures, tables
 from softmax_approx.report.definitions import (
@@ -38,6 +39,7 @@ class Report:
     records: list[Record] = field(default_factory=list)
     experiments: dict[str, Experiment] = field(default_factory=dict)
     task_kinds: dict[str, str] = field(default_factory=dict)
+    bench: dict[str, tuple] = field(default_factory=dict)  # name -> (status, records, source)
 
 
 def infer_profile(out: Path, records: list[Record], profile: str | None) -> str:
@@ -81,6 +83,7 @@ def render_report(out: Path | str, runs_dir: Path | str | None = None,
     kinds = dict(common.get("task_kinds") or {})
     rep = Report(profile, records=records, experiments=by_name, task_kinds=kinds)
     rep.cells = build_cells(all_exps, records, common)
+    rep.bench = {e.name: bench_mod.load_bench(out, e) for e in all_exps if e.kind == "bench"}
     tdir, fdir = out / "tables", out / "figures"
 
     def emit(table: tables.Table) -> None:
@@ -113,8 +116,10 @@ def render_report(out: Path | str, runs_dir: Path | str | None = None,
             if write:
                 figures.plot_tradeoff(points, fdir / exp.name, exp.title, profile)
                 rep.files += [fdir / f"{exp.name}.png", fdir / f"{exp.name}.pdf"]
+        elif exp.kind == "bench":
+            emit(bench_mod.bench_table(exp, *rep.bench[exp.name]))
         elif exp.kind == "claims":
-            emit(claims_mod.claims_table(exp, rep.cells, by_name, kinds))
+            emit(claims_mod.claims_table(exp, rep.cells, by_name, kinds, rep.bench))
     emit(tables.runs_table(records, profile))
     if write:
         index = "\n".join(t.to_markdown() for t in rep.tables.values()

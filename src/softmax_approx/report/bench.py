@@ -1,0 +1,84 @@
+"""The bench table: records of `python -m softmax_approx.bench` (one attention call per policy
+on synthetic inputs) laid out per policy setting and sequence length.
+
+Why beside the training-run memory table: training runs use the sequence lengths of their
+data (40-64 tokens in smoke), where the n x n part is small; the benchmark shows how the
+state and the whole call scale at the lengths where the paper's memory claim is about.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from softmax_approx.report.definitions import Experiment, Setting
+from softmax_approx.report.tables import Table
+
+
+def load_bench(out: Path, exp: Experiment) -> tuple[str, list[dict[str, Any]], str]:
+    """(status, records, source file) for `exp`: OUT/bench/<key>.json written by reproduce,
+    else OUT/bench.json written by `make bench`; `failed` if only a failure record exists."""
+    path = out / "bench" / f"{exp.bench_key()}.json"
+    for p in (path, out / "bench.json"):
+        if p.exists():
+            try:
+                data = json.loads(p.read_text())
+            except ValueError:
+                return "failed", [], str(p)
+            recs = data if isinstance(data, list) else data.get("records", [])
+            return "completed", [r for r in recs if isinstance(r, dict)], str(p)
+    failed = path.with_suffix(".failed.json")
+    if failed.exists():
+        return "failed", [], str(failed)
+    return "not run", [], str(path)
+
+
+def _match(rec: dict[str, Any], setting: Setting) -> bool:
+    return setting.matches(str(rec.get("policy")), dict(rec.get("params") or {}))
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * float(x):.1f}%"
+
+
+def bench_table(exp: Experiment, status: str, records: list[dict[str, Any]], source: str) -> Table:
+    groups = sorted({(str(r.get("logits")), int(r.get("seq_len", 0))) for r in records})
+    if not groups:
+        groups = [("", 0)]
+    header = ["policy"]
+    for logits, n in groups:
+        tag = f"n={n}" + (f" {logits}" if len({g[0] for g in groups}) > 1 else "")
+        header += [f"{tag} state B/score", f"{tag} state vs eager", f"{tag} call vs eager",
+                   f"{tag} time ×eager", f"{tag} grad cos"]
+    rows = []
+    for setting in exp.settings:
+        row = [setting.label]
+        for logits, n in groups:
+            rec = next((r for r in records if _match(r, setting) and str(r.get("logits")) == logits
+                        and int(r.get("seq_len", 0)) == n), None)
+            if rec is None:
+                row += [status if status != "completed" else "not run"] * 5
+                continue
+            row += [f"{float(rec['state_bytes_per_score']):.3f}", _pct(rec.get("reduction_vs_eager")),
+                    _pct(rec.get("module_reduction_vs_eager")),
+                    f"{float(rec.get('time_ratio_vs_eager', float('nan'))):.2f}",
+                    f"{float(rec.get('grad_cosine', float('nan'))):.5f}"]
+        rows.append(row)
+    first = records[0] if records else {}
+    shape = (f"B={first.get('batch')}, H={first.get('heads')}, head_dim={first.get('head_dim')}, "
+             f"dropout={first.get('dropout_p')}, {first.get('dtype')} on {first.get('device')}"
+             if first else "no records")
+    notes = [exp.description, f"Shape: {shape}. Source: `{source}`."]
+    return Table(exp.name, exp.title, exp.profile, header, rows, notes,
+                 [dict(r, experiment=exp.name, profile=exp.profile) for r in records])
+
+
+def max_reduction(records: list[dict[str, Any]], claim: dict[str, Any]) -> tuple[float, str] | None:
+    """Largest `metric` (a fraction) over records of the claim's policy/params, in percent."""
+    metric = claim.get("metric", "module_reduction_vs_eager")
+    want = Setting(str(claim.get("policy", "")), tuple(sorted((claim.get("params") or {}).items())))
+    pts = [(100 * float(r[metric]), f"{r.get('policy')} {r.get('params') or ''} at n={r.get('seq_len')}")
+           for r in records if r.get(metric) is not None and _match(r, want)]
+    return max(pts) if pts else None
