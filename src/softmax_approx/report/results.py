@@ -151,10 +151,11 @@ def _num(v: Any) -> float | None:
         return None
 
 
-def _rank(r: Record) -> tuple[int, str]:
-    finished = str((r.data.get("provenance") or {}).get("finished") or "")
-    # completed first; among equals the most recently finished first
-    return (STATUS_ORDER.get(r.status, 3), "".join(chr(0x10FFFF - ord(c)) for c in finished))
+def _best(cands: list[Record]) -> Record:
+    """Completed before failed before anything else; among equals the latest finished."""
+    latest = sorted(cands, key=lambda r: str((r.data.get("provenance") or {}).get("finished") or ""),
+                    reverse=True)
+    return min(latest, key=lambda r: STATUS_ORDER.get(r.status, 3))  # min is stable: first wins
 
 
 def aggregate(
@@ -194,7 +195,7 @@ def aggregate(
                     ]
                 if not cands:
                     continue
-                best = sorted(cands, key=_rank)[0]
+                best = _best(cands)
                 if best.status == "completed":
                     cell.completed.append(best)
                 elif best.status == "failed":
