@@ -22,6 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from softmax_approx.utils.distributed import DistributedJob
 from softmax_approx.utils.errors import UserError
 from softmax_approx.utils.instantiate import instantiate_callbacks, instantiate_loggers, instantiate_model
 from softmax_approx.utils.results import finish_record, new_record, results_path, write_json_atomic
@@ -57,10 +58,13 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     """
     validate_config(cfg)
     L.seed_everything(int(cfg.seed), workers=True)
+    # DDP: every rank runs this function; only global rank 0 writes results.json (docs/scaleout.md)
+    ddp = DistributedJob.start()
     run_dir, job_id, sweep = _run_info(cfg)
     record = new_record(cfg, run_dir, job_id)
     out_path = results_path(run_dir)
-    write_json_atomic(out_path, record)
+    if ddp.is_global_zero:
+        write_json_atomic(out_path, record)
     objects: dict[str, Any] = {"cfg": cfg}
     try:
         datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.task.datamodule, _convert_="all")
@@ -121,15 +125,18 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
                 record.update(extra)
         record["metrics"] = dict(sorted(metrics.items()))
         finish_record(record, "completed")
-        write_json_atomic(out_path, record)
+        if ddp.is_global_zero:
+            write_json_atomic(out_path, record)
         objects["record"] = record
         return metrics, objects
     except BaseException as e:
         finish_record(record, "failed", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-        write_json_atomic(out_path, record)
+        if ddp.is_global_zero:
+            write_json_atomic(out_path, record)
         raise
     finally:
         _finish_wandb(record["status"])
+        ddp.end(objects.get("trainer"))
 
 
 def _finish_wandb(status: str) -> None:

@@ -36,6 +36,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from softmax_approx.core import ActivationMeter
 from softmax_approx.nn import MultiHeadAttention, set_attention_policy
+from softmax_approx.utils.distributed import gather_memory
 from softmax_approx.utils.errors import NonFiniteLossError
 
 
@@ -289,6 +290,11 @@ class BaseTask(L.LightningModule):
             if metric is not None:
                 metric.update(torch.tensor(value, device=self.device))
         self._restored_best = {}
+
+    def on_train_end(self) -> None:
+        """DDP: each rank measured its own batch; combine them (max per device, sum and each
+        rank's record in ``memory.ranks``; ``utils.distributed.reduce_memory``). A collective."""
+        self.memory = gather_memory(self.memory)
 
     def run_stats(self) -> dict:
         """Memory, timing, fidelity and parameter counts for results.json."""
