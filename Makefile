@@ -10,6 +10,8 @@ PROFILE ?= smoke
 OUT ?= outputs/reproduce/$(PROFILE)
 DATA_DIR ?= ../shared/data
 PYTEST_ARGS ?=
+# extra flags for `make reproduce`, e.g. REPRO_ARGS="--only memory --jobs 2"
+REPRO_ARGS ?=
 
 .DEFAULT_GOAL := help
 
@@ -41,7 +43,7 @@ data: setup ## download and cache every dataset into DATA_DIR (needs network)
 	$(PY) -m softmax_approx.data download all --data-dir $(DATA_DIR)
 
 reproduce: setup ## run every experiment of PROFILE into OUT, then render tables and figures
-	$(PY) -m softmax_approx.reproduce run --profile $(PROFILE) --out $(OUT) --data-dir $(DATA_DIR)
+	$(PY) -m softmax_approx.reproduce run --profile $(PROFILE) --out $(OUT) --data-dir $(DATA_DIR) $(REPRO_ARGS)
 
 tables: setup ## re-render OUT/tables and OUT/figures from existing results.json files
 	$(PY) -m softmax_approx.report --out $(OUT)
