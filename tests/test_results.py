@@ -40,8 +40,8 @@ def test_results_schema_and_provenance(make_cfg, tmp_path):
 
 
 def test_failure_writes_failed_status_and_reraises(make_cfg, tmp_path):
-    # Passes the config check, then fails inside fit (torch rejects the learning rate).
-    cfg = make_cfg(["optimizer.lr=-1.0"])
+    # Passes the config check, then fails inside fit (a simulated CUDA OOM at step 1).
+    cfg = make_cfg(["fault.fail_at_step=1"])
     with pytest.raises(Exception) as info:
         train(cfg)
     rec = load_results(tmp_path / "results.json")

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from conftest import compose_cfg
 from softmax_approx.nn import MultiHeadAttention
 from softmax_approx.train import train
 
@@ -38,11 +39,12 @@ def test_train_runs_and_writes_results(task, policy, make_cfg, tmp_path):
     assert rec["params"]["total"] == sum(p.numel() for p in objects["model"].parameters())
 
 
-def test_policies_change_softmax_state_not_the_rest(make_cfg, tmp_path):
+def test_policies_change_softmax_state_not_the_rest(data_dir, tmp_path):
     """Same batch, same model: exact keeps the full probabilities, topk keeps fewer bytes."""
     recs = {}
     for policy in ("exact", "topk"):
-        cfg = make_cfg([f"attention={policy}", "model.attn_dropout=0.0"])
+        # one run dir per config: a run dir holding another config's run is refused (resume)
+        cfg = compose_cfg([f"attention={policy}", "model.attn_dropout=0.0"], tmp_path / policy, data_dir)
         _, objects = train(cfg)
         recs[policy] = objects["record"]["memory"]
     assert recs["exact"]["batch_shape"] == recs["topk"]["batch_shape"]
@@ -94,10 +96,10 @@ def test_probe_is_exact_for_exact_policy(make_cfg):
         assert vals["rel_err"] < 1e-6 and vals["cosine"] == pytest.approx(1.0)
 
 
-def test_memory_is_measured_on_the_largest_of_the_measured_batches(make_cfg, tmp_path):
+def test_memory_is_measured_on_the_largest_of_the_measured_batches(data_dir, tmp_path):
     """Length-bucketed batches differ in size: the meter keeps the biggest one it saw."""
-    one = train(make_cfg(["memory.warmup_steps=0", "memory.measure_steps=1"]))[1]["record"]["memory"]
-    four = train(make_cfg(["memory.warmup_steps=0", "memory.measure_steps=4"]))[1]["record"]["memory"]
+    one = train(compose_cfg(["memory.warmup_steps=0", "memory.measure_steps=1"], tmp_path / "one", data_dir))[1]["record"]["memory"]
+    four = train(compose_cfg(["memory.warmup_steps=0", "memory.measure_steps=4"], tmp_path / "four", data_dir))[1]["record"]["memory"]
     numel = lambda m: m["batch_shape"][0] * m["batch_shape"][1]  # noqa: E731
     assert one["measured_at_step"] == 0 and 0 <= four["measured_at_step"] < 4
     assert numel(four) >= numel(one)

@@ -6,10 +6,16 @@
 ``train(cfg)`` is a plain function (tests call it with a composed config); ``main()`` wraps it
 with ``@hydra.main`` and returns the optimised metric for sweepers. A bad config or missing data
 fails before any data is read: one line on stderr, exit code 2.
+
+Reliability (docs/reliability.md): rerunning a command with the same ``hydra.run.dir`` resumes
+from ``checkpoints/last.ckpt`` (or returns a completed run's metrics without training); in a
+multirun a failing job is recorded as ``failed`` and the others still run, then the command
+exits 1.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import time
@@ -23,9 +29,19 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from softmax_approx.utils.distributed import DistributedJob
+from softmax_approx.utils import sweep as sweep_summary
+from softmax_approx.utils.callbacks import FaultInjection, LastCheckpoint
 from softmax_approx.utils.errors import UserError
 from softmax_approx.utils.instantiate import instantiate_callbacks, instantiate_loggers, instantiate_model
-from softmax_approx.utils.results import finish_record, new_record, results_path, write_json_atomic
+from softmax_approx.utils.results import (
+    finish_record,
+    jsonable,
+    new_record,
+    resolved_config,
+    results_path,
+    write_json_atomic,
+)
+from softmax_approx.utils.resume import decide
 from softmax_approx.utils.validation import CONF_DIR, validate_config
 
 log = logging.getLogger(__name__)
@@ -57,12 +73,21 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     Returns ``(metrics, objects)``. Raises ConfigError/DataError before reading any data.
     """
     validate_config(cfg)
+    run_dir, job_id, sweep = _run_info(cfg)
+    out_path = results_path(run_dir)
+    # Same command, same run dir: skip a completed run, resume an interrupted one (utils/resume.py).
+    decision = decide(run_dir, jsonable(resolved_config(cfg)), cfg.get("ckpt_path"))
+    if decision.action == "skip":
+        print(f"{out_path}: run already completed; not training again (returning its recorded metrics; "
+              "delete the directory or use another hydra.run.dir to retrain)")
+        return decision.metrics, {"cfg": cfg, "record": decision.record, "skipped": True}
+    if decision.action == "resume":
+        log.info("resuming %s from %s", run_dir, decision.ckpt_path)
     L.seed_everything(int(cfg.seed), workers=True)
     # DDP: every rank runs this function; only global rank 0 writes results.json (docs/scaleout.md)
     ddp = DistributedJob.start()
-    run_dir, job_id, sweep = _run_info(cfg)
     record = new_record(cfg, run_dir, job_id)
-    out_path = results_path(run_dir)
+    record["resumed_from"] = decision.ckpt_path
     if ddp.is_global_zero:
         write_json_atomic(out_path, record)
     objects: dict[str, Any] = {"cfg": cfg}
@@ -87,8 +112,11 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
             timing_skip_steps=cfg.timing.skip_steps,
             probe_every_n_steps=cfg.probe.every_n_steps,
         )
-        loggers = instantiate_loggers(cfg.get("logger"), default_group=cfg.get("experiment_name") or sweep)
+        loggers = instantiate_loggers(cfg.get("logger"), default_group=cfg.get("experiment_name") or sweep, run_dir=run_dir)
         callbacks = instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(loggers))
+        fault = cfg.get("fault") or {}
+        if fault.get("fail_at_step") is not None or fault.get("nan_at_step") is not None:
+            callbacks.append(FaultInjection(fault.get("fail_at_step"), fault.get("nan_at_step")))
         trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         objects.update(datamodule=datamodule, model=module, trainer=trainer, callbacks=callbacks, loggers=loggers)
         record["params"] = module.param_counts()
@@ -99,8 +127,13 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         metrics: dict[str, float] = {}
         if cfg.get("train"):
             t0 = time.perf_counter()
-            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            trainer.fit(module, datamodule=datamodule, ckpt_path=decision.ckpt_path)
             train_seconds = time.perf_counter() - t0
+            # A resume that finds training finished (crash during testing) logs nothing new:
+            # the last epoch's metrics come from last.ckpt.
+            for cb in callbacks:
+                if isinstance(cb, LastCheckpoint):
+                    metrics.update(cb.restored_metrics)
             metrics.update(_floats(trainer.callback_metrics))
             stats = module.run_stats()
             record.update(memory=stats["memory"], fidelity=stats["fidelity"], params=stats["params"])
@@ -158,14 +191,62 @@ def _optimized_metric(cfg: DictConfig, metrics: dict) -> float | None:
     return metrics.get(name)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def _hydra_main(cfg: DictConfig) -> float | None:
+def _is_multirun() -> bool:
+    return HydraConfig.initialized() and str(HydraConfig.get().mode) == "RunMode.MULTIRUN"
+
+
+def run_job(cfg: DictConfig) -> float | None:
+    """One job: train, and turn errors into the documented behaviour.
+
+    Single run: a UserError prints one line and exits 2; anything else propagates (traceback,
+    exit 1). Multirun: any Exception is recorded (results.json ``failed``; train() already wrote
+    it unless the config/data check failed first), one line is printed, memory is released and
+    None is returned, so the sweep goes on; ``main()`` exits 1 after the sweep. KeyboardInterrupt
+    still stops everything.
+    """
+    multirun = _is_multirun()
     try:
         metrics, _ = train(cfg)
+        return _optimized_metric(cfg, metrics)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    return _optimized_metric(cfg, metrics)
+        if not multirun:
+            sys.exit(2)
+        _record_failure(cfg, e)
+    except Exception as e:
+        if not multirun:
+            raise
+        _record_failure(cfg, e)
+        log.exception("job failed")
+    _release_memory()
+    return None
+
+
+def _record_failure(cfg: DictConfig, e: BaseException) -> None:
+    error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    print(f"error: job failed, the sweep goes on: {error}", file=sys.stderr)
+    run_dir, job_id, _ = _run_info(cfg)
+    path = results_path(run_dir)
+    from softmax_approx.utils.resume import read_record
+
+    rec = read_record(path)
+    if rec is None or rec.get("status") != "failed":
+        write_json_atomic(path, sweep_summary.failed_record(cfg, run_dir, job_id, error))
+
+
+def _release_memory() -> None:
+    """A failed job's model and optimizer die with its frames: collect them (and the CUDA cache)
+    before the next job of an in-process sweep allocates."""
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    return run_job(cfg)
 
 
 def _precheck_overrides(argv: list[str]) -> None:
@@ -191,9 +272,15 @@ def _precheck_overrides(argv: list[str]) -> None:
 
 
 def main() -> float | None:
-    """Console script ``softmax-approx-train``."""
+    """Console script ``softmax-approx-train``. After a multirun in which any job failed, exit 1
+    (every job has run by then; sweep_summary.json in the sweep dir lists them)."""
     _precheck_overrides(sys.argv[1:])
-    return _hydra_main()
+    sweep_summary.LAST = None
+    ret = _hydra_main()
+    summary = sweep_summary.LAST
+    if summary is not None and summary.failed:
+        sys.exit(1)
+    return ret
 
 
 if __name__ == "__main__":

@@ -36,18 +36,28 @@ def instantiate_callbacks(cfg: DictConfig | None, has_logger: bool = True) -> li
     return out
 
 
-def instantiate_loggers(cfg: DictConfig | None, default_group: str | None = None) -> list[Any]:
-    """Loggers from ``cfg.logger``; a W&B logger without a group gets ``default_group``."""
+def instantiate_loggers(cfg: DictConfig | None, default_group: str | None = None, run_dir: Any = None) -> list[Any]:
+    """Loggers from ``cfg.logger``; a W&B logger without a group gets ``default_group``.
+
+    With ``run_dir``, a W&B logger without an ``id`` gets the id persisted in the run dir
+    (``utils.resume.wandb_run_id``) and ``resume='allow'``: a resumed run continues the same
+    W&B run instead of starting a second one.
+    """
     if not cfg:
         return []
     out = []
     for name, c in cfg.items():
         if c is None or "_target_" not in c:
             continue
-        if "group" in c and c.group is None and default_group is not None:
-            c = c.copy()
-            with open_dict(c):
+        c = c.copy()
+        with open_dict(c):
+            if "group" in c and c.group is None and default_group is not None:
                 c.group = default_group
+            if run_dir is not None and "wandb" in str(c._target_).lower() and not c.get("id"):
+                from softmax_approx.utils.resume import wandb_run_id
+
+                c.id = wandb_run_id(run_dir)
+                c.resume = c.get("resume") or "allow"
         out.append(hydra.utils.instantiate(c, _convert_="all"))
     return out
 

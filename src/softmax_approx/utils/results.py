@@ -22,16 +22,16 @@ SCHEMA = 1
 FILENAME = "results.json"
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
     """Tensors -> numbers, NaN/inf -> None (JSON has neither), containers recursively."""
     if hasattr(x, "item") and callable(x.item) and getattr(x, "numel", lambda: 1)() == 1:
         x = x.item()
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, Path):
         return str(x)
     return x
@@ -43,7 +43,7 @@ def write_json_atomic(path: str | Path, data: dict) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(_jsonable(data), f, indent=2, sort_keys=False, allow_nan=False)
+            json.dump(jsonable(data), f, indent=2, sort_keys=False, allow_nan=False)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())

@@ -42,6 +42,62 @@ def _int(cfg: DictConfig, key: str, minimum: int) -> int:
     return value
 
 
+def _optional_int(cfg: DictConfig, key: str, minimum: int) -> None:
+    if OmegaConf.select(cfg, key) is not None:
+        _int(cfg, key, minimum)
+
+
+def _number(cfg: DictConfig, key: str, low: float, *, low_inclusive: bool, high: float | None = None) -> None:
+    """A number (not a bool) in ``[low, high]`` / ``(low, high]``; a missing key is not checked."""
+    value = OmegaConf.select(cfg, key, default=None)
+    if value is None:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (value >= low if low_inclusive else value > low) and (high is None or value <= high)
+    if not ok:
+        lo = f"[{low}" if low_inclusive else f"({low}"
+        hi = f"{high}]" if high is not None else "inf)"
+        raise ConfigError(f"{key}={value!r}: must be a number in {lo}, {hi}")
+
+
+def _check_training_knobs(cfg: DictConfig) -> None:
+    """Optimizer, batch sizes, trainer limits and the fault-injection aid."""
+    if cfg.get("optimizer") is not None:
+        if OmegaConf.select(cfg, "optimizer.lr") is None:
+            raise ConfigError("optimizer.lr=None: must be a number > 0")
+        _number(cfg, "optimizer.lr", 0.0, low_inclusive=False)
+        _number(cfg, "optimizer.weight_decay", 0.0, low_inclusive=True)
+    if cfg.get("scheduler") is not None:
+        _optional_int(cfg, "scheduler.warmup_steps", 0)
+    for key in ("task.datamodule.batch_size", "task.datamodule.eval_batch_size", "task.datamodule.max_tokens"):
+        _optional_int(cfg, key, 1)
+    dm = cfg.task.get("datamodule") or {}
+    if "batch_size" in dm and "max_tokens" in dm and dm.get("batch_size") is None and dm.get("max_tokens") is None:
+        raise ConfigError("task.datamodule.batch_size and task.datamodule.max_tokens are both null: set one to an integer >= 1")
+    _optional_int(cfg, "task.datamodule.num_workers", 0)
+    max_steps = OmegaConf.select(cfg, "trainer.max_steps")
+    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps == 0 or max_steps < -1):
+        raise ConfigError(f"trainer.max_steps={max_steps!r}: must be -1 (no step limit) or an integer >= 1")
+    max_epochs = OmegaConf.select(cfg, "trainer.max_epochs")
+    if max_steps in (None, -1) and not OmegaConf.select(cfg, "trainer.fast_dev_run", default=False):
+        if max_epochs is None or isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
+            raise ConfigError(
+                f"trainer.max_epochs={max_epochs!r}: must be an integer >= 1 when trainer.max_steps=-1 "
+                "(or set trainer.max_steps to an integer >= 1)"
+            )
+    elif max_epochs is not None and max_epochs != -1:
+        _int(cfg, "trainer.max_epochs", 1)
+    _number(cfg, "trainer.gradient_clip_val", 0.0, low_inclusive=True)
+    _optional_int(cfg, "trainer.check_val_every_n_epoch", 1)
+    _optional_int(cfg, "trainer.log_every_n_steps", 1)
+    _optional_int(cfg, "trainer.accumulate_grad_batches", 1)
+    for key in ("fault.fail_at_step", "fault.nan_at_step"):
+        _optional_int(cfg, key, 0)
+    ckpt = cfg.get("ckpt_path")
+    if ckpt is not None and not Path(str(ckpt)).is_file():
+        raise ConfigError(f"ckpt_path={ckpt!r}: no such checkpoint file; give an existing .ckpt or ckpt_path=null")
+
+
 def _check_kwargs(cfg: DictConfig, key: str, extra: tuple[str, ...] = (), drop: tuple[str, ...] = ()) -> None:
     """Every key of the ``_target_`` node at ``key`` must be a parameter of its target."""
     node = OmegaConf.select(cfg, key)
@@ -121,6 +177,7 @@ def validate_config(cfg: DictConfig, check_data: bool = True) -> None:
     _int(cfg, "probe.every_n_steps", 0)
     _int(cfg, "memory.warmup_steps", 0)
     _int(cfg, "memory.measure_steps", 1)
+    _check_training_knobs(cfg)
     if cfg.get("test_weights") not in ("best", "current"):
         raise ConfigError(f"test_weights={cfg.get('test_weights')!r}: allowed values: best, current")
     accel = cfg.trainer.get("accelerator")

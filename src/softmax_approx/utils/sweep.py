@@ -1,0 +1,100 @@
+"""Fault-isolated Hydra sweeps (docs/reliability.md).
+
+Hydra's launcher runs every job, but its sweeper then re-raises the first failure, and a
+``sys.exit`` inside a job (our exit code 2 for a bad config) stops the sweep at once; the
+lightning-hydra-template's wrapper re-raises too. So in a multirun ``train.main`` catches a
+job's error, records it in that job's results.json (status ``failed``) and moves on; once all
+jobs have run, :class:`SweepSummary` (a Hydra callback, in the launching process, for any
+launcher) reads every job's results.json, writes ``<sweep dir>/sweep_summary.json`` and prints
+one line per failed job, and ``train.main`` exits with code 1 if any job failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from softmax_approx.utils.results import FILENAME, write_json_atomic
+from softmax_approx.utils.resume import read_record
+
+log = logging.getLogger(__name__)
+
+SUMMARY_NAME = "sweep_summary.json"
+
+
+@dataclass
+class SweepResult:
+    sweep_dir: str
+    jobs: dict[str, dict] = field(default_factory=dict)  # job subdir -> {status, error}
+
+    @property
+    def failed(self) -> dict[str, dict]:
+        return {k: v for k, v in self.jobs.items() if v["status"] != "completed"}
+
+    def lines(self) -> list[str]:
+        head = f"sweep {self.sweep_dir}: {len(self.jobs) - len(self.failed)}/{len(self.jobs)} jobs completed"
+        return [head] + [f"  job {k}: {v['status']}: {v['error']}" for k, v in sorted(self.failed.items(), key=_num)]
+
+
+def _num(item: tuple[str, Any]) -> tuple[int, str]:
+    name = item[0]
+    return (int(name), name) if name.isdigit() else (1 << 30, name)
+
+
+#: The summary of the last multirun of this process (read by ``train.main`` for its exit code).
+LAST: SweepResult | None = None
+
+
+def summarize(sweep_dir: str | Path) -> SweepResult:
+    """Status of every job directory (one with ``.hydra/`` or a results.json) of a sweep; a job
+    without a readable results.json counts as failed (killed before it could write one)."""
+    sweep_dir = Path(sweep_dir)
+    out = SweepResult(str(sweep_dir))
+    if not sweep_dir.is_dir():
+        return out
+    for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
+        if not ((job / ".hydra").is_dir() or (job / FILENAME).exists()):
+            continue
+        rec = read_record(job / FILENAME)
+        if rec is None:
+            out.jobs[job.name] = {"status": "missing", "error": f"no readable {FILENAME} (the job died without writing one)"}
+        else:
+            status = str(rec.get("status"))
+            error = rec.get("error") or (None if status == "completed" else "job ended without finishing (status running)")
+            out.jobs[job.name] = {"status": status, "error": error}
+    return out
+
+
+class SweepSummary(Callback):
+    """Hydra callback: after a multirun, summarise its jobs (see the module docstring)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        global LAST
+        result = summarize(str(config.hydra.sweep.dir))
+        LAST = result
+        write_json_atomic(Path(result.sweep_dir) / SUMMARY_NAME,
+                          {"sweep_dir": result.sweep_dir, "n_jobs": len(result.jobs),
+                           "n_failed": len(result.failed), "jobs": result.jobs})
+        for line in result.lines():
+            print(line, file=sys.stderr if result.failed else sys.stdout)
+
+
+def failed_record(cfg: DictConfig, run_dir: Path, job_id: str | None, error: str) -> dict:
+    """A ``failed`` results.json for a job that stopped before train() wrote one (a config or
+    data error): the full record when the config allows it, else the fields we can know."""
+    from softmax_approx.utils.results import finish_record, new_record
+
+    try:
+        record = new_record(cfg, run_dir, job_id)
+    except Exception:  # noqa: BLE001 - the config itself may be what is broken
+        from softmax_approx.utils.provenance import now_iso
+
+        record = {"schema": 1, "status": "running", "error": None, "run_dir": str(run_dir), "job_id": job_id,
+                  "metrics": {}, "config": None, "provenance": {"started": now_iso(), "finished": None}}
+    return finish_record(record, "failed", error)
