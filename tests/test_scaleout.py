@@ -300,17 +300,26 @@ def _records(tmp_path: Path) -> tuple[Path, list[dict]]:
 
 @pytest.mark.slow
 def test_joblib_sweep_runs_jobs_in_parallel_processes(tmp_path, data_dir):
-    r = _cli(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1", *_tiny_cli(data_dir, tmp_path)],
-             tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
+    """`hydra/launcher=joblib`: both jobs complete, each in its own loky worker (not the launching
+    process), with torch threads capped per worker."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "LOCAL_RANK", "RANK", "WORLD_SIZE")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "softmax_approx.train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+         "seed=0,1", "hydra.job_logging.formatters.simple.format='pid=%(process)d %(message)s'",
+         *_tiny_cli(data_dir, tmp_path)],
+        cwd=tmp_path, env={**env, "WANDB_MODE": "disabled"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-3000:]
     sweep, recs = _records(tmp_path)
     assert [x["seed"] for x in recs] == [0, 1] and all(x["status"] == "completed" for x in recs)
     assert {x["job_id"] for x in recs} == {f"{sweep.name}/0", f"{sweep.name}/1"}
-    a, b = (x["provenance"] for x in recs)
-    assert a["started"] < b["finished"] and b["started"] < a["finished"], (a, b)  # overlapping in time
+    pids = [{ln.split()[0] for ln in (sweep / str(n) / "train.log").read_text().splitlines() if ln.startswith("pid=")}
+            for n in (0, 1)]
+    assert all(len(p) == 1 for p in pids), pids
+    assert pids[0] != pids[1] and f"pid={proc.pid}" not in pids[0] | pids[1], (pids, proc.pid)
     # loky caps each worker's BLAS/OpenMP threads at cpu_count // n_jobs
     threads = max((os.cpu_count() or 1) // 2, 1)
-    assert all(p["hardware"]["torch_threads"] <= threads for p in (a, b)), (a["hardware"], b["hardware"])
+    assert all(x["provenance"]["hardware"]["torch_threads"] <= threads for x in recs)
 
 
 @pytest.mark.slow
