@@ -26,4 +26,4 @@ def keep_mask(seed: int, shape: torch.Size, p: float, device: torch.device) -> t
 def apply_dropout(x: torch.Tensor, seed: int, p: float) -> torch.Tensor:
     """x * mask / (1 - p) with the mask of `keep_mask(seed, ...)`."""
     mask = keep_mask(seed, x.shape, p, x.device)
-    return x * mask / (1.0 - p)
+    return x.mul(mask).mul_(1.0 / (1.0 - p))

@@ -167,17 +167,21 @@ class _FusedAttention(torch.autograd.Function):
             full_valid = torch.ones((), dtype=torch.bool, device=q.device).expand(shape) if valid is None else valid.expand(shape)
             probs = ctx.policy.restore(state, full_valid).to(q.dtype)
         grad_out = grad_out.to(q.dtype)
+        if ctx.p > 0:  # the forward's mask, regenerated from its seed, scaled once: D / (1 - p)
+            keep = _dropout.keep_mask(ctx.seed, shape, ctx.p, q.device).to(q.dtype).mul_(1.0 / (1.0 - ctx.p))
+        grad_v = None
+        if ctx.needs_input_grad[2]:
+            dropped = probs * keep if ctx.p > 0 else probs
+            grad_v = dropped.transpose(-2, -1) @ grad_out
+            del dropped
+        grad_probs = grad_out @ v.transpose(-2, -1)
         if ctx.p > 0:
-            keep = _dropout.keep_mask(ctx.seed, shape, ctx.p, q.device)
-            dropped = probs * keep / (1.0 - ctx.p)
-        else:
-            dropped = probs
-        grad_v = dropped.transpose(-2, -1) @ grad_out if ctx.needs_input_grad[2] else None
-        grad_dropped = grad_out @ v.transpose(-2, -1)
-        grad_probs = grad_dropped * keep / (1.0 - ctx.p) if ctx.p > 0 else grad_dropped
+            grad_probs.mul_(keep)
+            del keep
         # softmax Jacobian at the rebuilt row: p * (g - sum(g * p))
-        grad_scores = probs * (grad_probs - (grad_probs * probs).sum(-1, keepdim=True))
-        grad_scores.mul_(ctx.scale)
+        row_dot = (grad_probs * probs).sum(-1, keepdim=True)
+        grad_scores = grad_probs.sub_(row_dot).mul_(probs).mul_(ctx.scale)
+        del probs
         grad_q = grad_scores @ k if ctx.needs_input_grad[0] else None
         grad_k = grad_scores.transpose(-2, -1) @ q if ctx.needs_input_grad[1] else None
         return grad_q, grad_k, grad_v, None, None, None, None, None
