@@ -160,7 +160,8 @@ def validate_config(cfg: DictConfig, check_data: bool = True) -> None:
     for key in ("model.n_layers", "model.n_encoder_layers", "model.n_decoder_layers", "model.d_ff"):
         if OmegaConf.select(cfg, key) is not None:
             _int(cfg, key, 1)
-    for key in ("model.max_len", "task.datamodule.max_len", "task.datamodule.src_max_len", "task.datamodule.tgt_max_len"):
+    # the data's lengths first: model.max_len usually interpolates task.datamodule.max_len
+    for key in ("task.datamodule.max_len", "task.datamodule.src_max_len", "task.datamodule.tgt_max_len", "model.max_len"):
         if OmegaConf.select(cfg, key) is not None:
             _int(cfg, key, 1)
     for key in ("model.dropout", "model.attn_dropout"):
