@@ -388,7 +388,7 @@ def test_last_checkpoint_is_not_overwritten_with_nonfinite_weights(tmp_path):
 
 # ----------------------------------------------------------------------- real CLI (slow)
 def _cli_args(data_dir: Path, run_dir: Path | None = None, extra=()) -> list[str]:
-    args = [*TINY, *EPOCHS3, f"paths.data_dir={data_dir}", "hydra/job_logging=disabled", *extra]
+    args = [*TINY, *EPOCHS3, f"paths.data_dir={data_dir}", *extra]
     return args + ([f"hydra.run.dir={run_dir}"] if run_dir else [])
 
 
@@ -445,3 +445,30 @@ def test_real_multirun_survives_failing_jobs_then_exits_1(tmp_path, data_dir):
     assert (summary["n_jobs"], summary["n_failed"]) == (3, 2)
     assert f"sweep {sweep}: 1/3 jobs completed" in r.stderr
     assert "  job 0: failed: SimulatedOutOfMemory" in r.stderr and "  job 1: failed: ConfigError" in r.stderr
+
+    # the same sweep again into the same sweep dir: the completed job is skipped, not retrained
+    before = (sweep / "2" / "results.json").read_text()
+    r2 = subprocess.run([sys.executable, "-m", "softmax_approx.train", "-m", "fault.fail_at_step=1,-1,null",
+                         f"paths.log_dir={tmp_path}/logs", f"hydra.sweep.dir={sweep}", *args], env=_env(),
+                        capture_output=True, text=True, timeout=300)
+    assert r2.returncode == 1 and "already completed; not training again" in r2.stdout, r2.stderr[-2000:]
+    assert (sweep / "2" / "results.json").read_text() == before
+
+
+@pytest.mark.slow
+def test_crash_during_testing_resumes_to_testing_only(tmp_path, data_dir, monkeypatch):
+    """Training finished, the process died while testing: the rerun trains nothing more (the
+    final last.ckpt), tests, and reports what an uninterrupted run reports."""
+    import lightning as L
+
+    _, ref = train(compose_cfg([], tmp_path / "ref", data_dir))
+    real_test = L.Trainer.test
+    monkeypatch.setattr(L.Trainer, "test", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed while testing")))
+    with pytest.raises(RuntimeError, match="killed while testing"):
+        train(compose_cfg([], tmp_path / "run", data_dir))
+    monkeypatch.setattr(L.Trainer, "test", real_test)
+    _, objects = train(compose_cfg([], tmp_path / "run", data_dir))
+    rec = objects["record"]
+    assert rec["status"] == "completed" and rec["resumed_from"].endswith("last.ckpt")
+    assert objects["trainer"].global_step == ref["trainer"].global_step
+    assert rec["metrics"] == ref["record"]["metrics"]
