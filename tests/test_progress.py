@@ -17,6 +17,8 @@ def fake_trainer(step, total=400):
 
 def test_progress_logs_every_n_steps_with_eta(caplog):
     cb = ProgressLog(every_n_steps=100)
+    logger = logging.getLogger("softmax_approx.progress")
+    logger.disabled, logger.propagate = False, True    # in-process Hydra runs reconfigure logging
     caplog.set_level(logging.INFO, logger="softmax_approx.progress")
     cb.on_train_start(fake_trainer(0), None)
     for step in (50, 100, 150, 200):
