@@ -72,6 +72,9 @@ def test_csv_logger_writes_metrics(make_cfg, tmp_path):
     assert len(files) == 1
     header = files[0].read_text().splitlines()[0].split(",")
     assert {"train/loss_step", "val/acc", "test/acc"} <= set(header)
+    # the per-run memory and timing figures reach the loggers too (and so W&B)
+    assert {"memory/attention_bytes", "memory/softmax_state_bytes", "memory/total_activation_bytes",
+            "timing/train_seconds"} <= set(header)
 
 
 def test_wandb_offline_run_in_run_dir_and_finished(make_cfg, tmp_path, monkeypatch):

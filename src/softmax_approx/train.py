@@ -157,6 +157,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
                 metrics.update(extra.pop("metrics", {}))
                 record.update(extra)
         record["metrics"] = dict(sorted(metrics.items()))
+        _log_run_figures(loggers, record, step=trainer.global_step)
         finish_record(record, "completed")
         if ddp.is_global_zero:
             write_json_atomic(out_path, record)
@@ -170,6 +171,22 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     finally:
         _finish_wandb(record["status"])
         ddp.end(objects.get("trainer"))
+
+
+def _log_run_figures(loggers: list, record: dict, step: int) -> None:
+    """Send the per-run memory and timing figures to every logger (W&B, CSV), so tables read
+    back from W&B (``report --from-wandb``) have them too: ``memory/<name>``, ``timing/<name>``."""
+    figures = {
+        f"{group}/{key}": float(value)
+        for group in ("memory", "timing")
+        for key, value in (record.get(group) or {}).items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
+    if not figures:
+        return
+    for lg in loggers:
+        lg.log_metrics(figures, step=step)
+        lg.save()
 
 
 def _finish_wandb(status: str) -> None:
