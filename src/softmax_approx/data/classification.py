@@ -26,11 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader
 
-from softmax_approx.data.batching import BucketBatchSampler, ClassificationCollator
+from softmax_approx.data.base import BucketedDataModule
+from softmax_approx.data.batching import ClassificationCollator
 from softmax_approx.data.files import check_files, input_signature, resolve_cache_dir
 from softmax_approx.data.readers import TextExample, holdout_split, read_glue_sst2, read_imdb, seeded_subset
 from softmax_approx.data.tokenizer import load_or_train
@@ -72,7 +71,7 @@ def _check_subset(subset: Any) -> dict[str, int | None]:
     return out
 
 
-class ClassificationDataModule(L.LightningDataModule):
+class ClassificationDataModule(BucketedDataModule):
     """SST-2 / IMDB: reader -> seeded splits -> WordPiece -> length-bucketed padded batches."""
 
     def __init__(
@@ -185,34 +184,8 @@ class ClassificationDataModule(L.LightningDataModule):
         return self._encode([TextExample(text, 0)])[0]["ids"]
 
     # ------------------------------------------------------------------ loaders
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        if not self.datasets:
-            raise RuntimeError("call setup() before asking for a dataloader")
-        ds = self.datasets[split]
-        bs = self.batch_size if train else self.eval_batch_size
-        sampler = BucketBatchSampler(
-            [len(e["ids"]) for e in ds.items],
-            batch_size=bs if self.max_tokens is None else None,
-            max_tokens=self.max_tokens,
-            shuffle=train,
-            seed=self.seed,
-        )
-        if train and self.trainer is not None:
-            sampler.set_epoch(self.trainer.current_epoch)
-        return DataLoader(
-            ds,
-            batch_sampler=sampler,
-            collate_fn=ClassificationCollator(self.pad_id),
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=False,
-        )
+    def item_length(self, item: dict) -> int:
+        return len(item["ids"])
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
+    def collator(self):
+        return ClassificationCollator(self.pad_id)

@@ -30,12 +30,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader
 
 from softmax_approx.data import tokenizer as tokmod
-from softmax_approx.data.batching import BucketBatchSampler, TranslationCollator
+from softmax_approx.data.base import BucketedDataModule
+from softmax_approx.data.batching import TranslationCollator
 from softmax_approx.data.classification import _check_subset, _ListDataset
 from softmax_approx.data.files import check_files, input_signature, resolve_cache_dir
 from softmax_approx.data.readers import holdout_split, iter_text, read_parallel, seeded_subset
@@ -58,7 +57,7 @@ def moses_detokenize(text: str, lang: str = "en") -> str:
     return _moses_detok(lang).detokenize(text.split())
 
 
-class TranslationDataModule(L.LightningDataModule):
+class TranslationDataModule(BucketedDataModule):
     """Multi30k / IWSLT'14 de->en: reader -> joint BPE -> bucketed (src, tgt) batches."""
 
     def __init__(
@@ -218,34 +217,9 @@ class TranslationDataModule(L.LightningDataModule):
         return [self.decode(row) for row in ids]
 
     # ------------------------------------------------------------------ loaders
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        if not self.datasets:
-            raise RuntimeError("call setup() before asking for a dataloader")
-        ds = self.datasets[split]
-        bs = self.batch_size if train else self.eval_batch_size
-        sampler = BucketBatchSampler(
-            [max(len(e["src"]), len(e["tgt"]) + 1) for e in ds.items],
-            batch_size=bs if self.max_tokens is None else None,
-            max_tokens=self.max_tokens,
-            shuffle=train,
-            seed=self.seed,
-        )
-        if train and self.trainer is not None:
-            sampler.set_epoch(self.trainer.current_epoch)
-        return DataLoader(
-            ds,
-            batch_sampler=sampler,
-            collate_fn=TranslationCollator(self.pad_id, self.bos_id, self.eos_id),
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-        )
+    def item_length(self, item: dict) -> int:
+        return max(len(item["src"]), len(item["tgt"]) + 1)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
+    def collator(self):
+        return TranslationCollator(self.pad_id, self.bos_id, self.eos_id)
 

@@ -1,0 +1,64 @@
+"""What every DataModule here shares: length-bucketed loaders over in-memory splits.
+
+A subclass fills ``self.datasets`` (split -> dataset with ``.items``) in ``setup`` and says how
+long an item is (:meth:`item_length`, what the bucketing sorts by) and how a batch is padded
+(:meth:`collator`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from softmax_approx.data.batching import BucketBatchSampler
+
+
+class BucketedDataModule(L.LightningDataModule):
+    """Train batches reshuffled per (seed, epoch); eval batches in a fixed length order."""
+
+    datasets: dict
+    batch_size: int | None
+    eval_batch_size: int | None
+    max_tokens: int | None
+    seed: int
+    num_workers: int
+    pin_memory: bool
+
+    def item_length(self, item: dict) -> int:
+        raise NotImplementedError
+
+    def collator(self) -> Callable[[list], Any]:
+        raise NotImplementedError
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        if not self.datasets:
+            raise RuntimeError("call setup() before asking for a dataloader")
+        ds = self.datasets[split]
+        bs = self.batch_size if train else self.eval_batch_size
+        sampler = BucketBatchSampler(
+            [self.item_length(e) for e in ds.items],
+            batch_size=bs if self.max_tokens is None else None,
+            max_tokens=self.max_tokens,
+            shuffle=train,
+            seed=self.seed,
+        )
+        if train and self.trainer is not None:
+            sampler.set_epoch(self.trainer.current_epoch)
+        return DataLoader(
+            ds,
+            batch_sampler=sampler,
+            collate_fn=self.collator(),
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
