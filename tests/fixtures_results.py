@@ -47,6 +47,11 @@ def results_json(task: str, policy: str, params: dict[str, Any], seed: int, prof
         fid = {"layers": {f"encoder.{i}.self_attn": {"cosine": 0.9 + 0.001 * q + 0.01 * i,
                                                      "rel_err": 0.2 - 0.001 * q}
                           for i in range(2)}}
+    memory = {"attention_bytes": attn, "softmax_state_bytes": attn // 2,
+              "total_activation_bytes": attn * 3, "peak_step_bytes": None, "batch_shape": [8, 64]}
+    if kind == "translation":  # per attention kind, as the translation task reports it
+        memory["by_kind"] = {k: {"bytes": attn // d, "softmax_state_bytes": attn // (2 * d), "n_modules": 2}
+                             for k, d in (("encoder_self", 3), ("decoder_self", 4), ("cross", 5))}
     return {
         "schema": 1, "status": status,
         "error": "RuntimeError: fixture crash" if status == "failed" else None,
@@ -54,9 +59,7 @@ def results_json(task: str, policy: str, params: dict[str, Any], seed: int, prof
         "seed": seed, "profile": profile, "experiment": None, "tags": [], "run_dir": "",
         "job_id": f"{task}-{policy}-{seed}",
         "metrics": metrics if status == "completed" else {},
-        "memory": {"attention_bytes": attn, "softmax_state_bytes": attn // 2,
-                   "total_activation_bytes": attn * 3, "peak_step_bytes": None,
-                   "batch_shape": [8, 64]},
+        "memory": memory,
         "timing": {"train_seconds": 1.0, "step_seconds_median": 0.1, "tokens_per_second": 100.0},
         "params": {"total": 1000, "trainable": 1000},
         "fidelity": fid, "config": {"seed": seed},

@@ -165,6 +165,19 @@ def test_memory_reduction_vs_eager_and_reference(out, defs):
     assert "80.0% (5.00×)" in md  # fixture: paper keeps 1/5 of eager's bytes
 
 
+def test_memory_by_attention_kind_for_translation_only(out, defs):
+    out, written = out
+    render_report(out, exp_dir=defs)
+    rows = read_csv(out / "tables" / "memory_by_kind.csv")
+    assert rows and {r["task"] for r in rows} == {"multi30k"}           # classification has no kinds
+    row = next(r for r in rows if r["setting"] == "paper S=5")
+    for kind in ("encoder_self", "decoder_self", "cross"):
+        want = statistics.mean(w["memory"]["by_kind"][kind]["bytes"] for w in written
+                               if w["task"] == "multi30k" and w["policy_params"].get("S") == 5)
+        assert float(row[f"{kind}_bytes_mean"]) == pytest.approx(want)
+    assert "| multi30k | eager |" in (out / "tables" / "memory_by_kind.md").read_text()
+
+
 def test_tex_and_figures_are_valid(out, defs):
     out, _ = out
     rep = render_report(out, exp_dir=defs)

@@ -95,6 +95,9 @@ def render_report(out: Path | str, runs_dir: Path | str | None = None,
         cells = rep.cells.get(exp.name, {})
         if exp.kind == "memory":
             emit(tables.memory_table(exp, cells))
+            by_kind = tables.memory_by_kind_table(exp, cells)
+            if by_kind is not None:
+                emit(by_kind)
         elif exp.kind == "quality":
             emit(tables.quality_table(exp, cells, kinds))
         elif exp.kind == "fidelity":

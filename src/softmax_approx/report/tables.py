@@ -210,6 +210,38 @@ def memory_table(exp: Experiment, cells: dict[tuple[str, Setting], Cell]) -> Tab
     return Table(exp.name, exp.title, exp.profile, header, rows, notes + _devices(cells), csv_rows)
 
 
+def memory_by_kind_table(exp: Experiment, cells: dict[tuple[str, Setting], Cell]) -> Table | None:
+    """Per attention kind (encoder self / decoder causal self / cross), for the tasks whose
+    runs report ``memory.by_kind`` (translation); None when no run does."""
+    kinds: list[str] = []
+    for cell in cells.values():
+        for r in cell.completed:
+            kinds += [k for k in (r.memory.get("by_kind") or {}) if k not in kinds]
+    if not kinds:
+        return None
+    header = ["task", "policy"] + [f"{k} {what}" for k in kinds for what in ("attention", "softmax state")]
+    rows, csv_rows = [], []
+    for (task, setting), cell in cells.items():
+        if not any(r.memory.get("by_kind") for r in cell.completed):
+            continue
+        row, csv_row = [task, setting.label], _base_row(exp, cell)
+        for kind in kinds:
+            for field_, label in (("bytes", "attention"), ("softmax_state_bytes", "softmax state")):
+                st = cell.values(lambda r, k=kind, f=field_: ((r.memory.get("by_kind") or {}).get(k) or {}).get(f))
+                row.append(fmt_bytes(st.mean) if st.n else cell.show(st))
+                csv_row[f"{kind}_{field_}_mean"] = st.mean if st.n else None
+        rows.append(row)
+        csv_rows.append(csv_row)
+    notes = [
+        "Bytes saved for backward by each kind of attention module, summed over the layers of "
+        "that kind, on the same training batch as the memory table (ActivationMeter scoped per "
+        "module). attention = everything the modules keep (projections included); softmax "
+        "state = the policy's n x n part.",
+        f"Mean over seeds {exp.seeds}.",
+    ]
+    return Table(f"{exp.name}_by_kind", f"{exp.title}: by attention kind", exp.profile, header, rows, notes, csv_rows)
+
+
 def _devices(cells: dict[tuple[str, Setting], Cell]) -> list[str]:
     devs = set()
     for cell in cells.values():
