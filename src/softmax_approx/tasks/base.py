@@ -206,7 +206,8 @@ class BaseTask(L.LightningModule):
 
     def log_train(self, loss: torch.Tensor, out: dict, batch: dict) -> None:
         """Log the training loss/metrics (subclasses add theirs)."""
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
+                 batch_size=self.batch_shape(batch)[0])
 
     # ---------------------------------------------------------------- fidelity probe
     def _attention_input_grads(self, batch: dict) -> dict[str, torch.Tensor]:
