@@ -151,3 +151,13 @@ def test_approx_softmax_other_dim_and_rejects_attention_only_policies():
     torch.testing.assert_close(out, torch.softmax(x, 1))
     with pytest.raises(ValueError, match="use softmax_approx.core.attention"):
         approx_softmax(x, policy="recompute")
+
+
+def test_topk_without_mask_keeps_the_largest_and_sums_to_one():
+    probs, _ = random_rows(64, 16, "none", seed=8)              # unmasked rows: unsorted top-k path
+    policy = make_policy("topk", keep_ratio=0.25)
+    full = torch.ones_like(probs, dtype=torch.bool)
+    rebuilt = policy.restore(policy.compress(probs, None), full)
+    top = probs.topk(16, dim=-1).indices
+    torch.testing.assert_close(rebuilt.gather(-1, top), probs.gather(-1, top))
+    torch.testing.assert_close(rebuilt.sum(-1), torch.ones(16), atol=1e-5, rtol=0)

@@ -203,7 +203,8 @@ class TopK(Policy):
         L = count_valid(valid, probs)
         k_row = torch.ceil(L.double() * self.keep_ratio).long().clamp(max=n)          # (..., 1)
         k_max = max(1, min(n, math.ceil(self.keep_ratio * int(L.max()) - 1e-9))) if L.numel() else 1
-        values, indices = probs.topk(k_max, dim=-1, sorted=True)
+        # rows that keep fewer than k_max (masked rows) need the sorted order; full rows do not
+        values, indices = probs.topk(k_max, dim=-1, sorted=valid is not None)
         keep = torch.arange(k_max, device=probs.device) < k_row
         values = values * keep                                                # drop beyond own k
         return values.contiguous(), indices.to(index_dtype(n)), L.to(index_dtype(n + 1))
