@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -30,6 +29,7 @@ import time
 import torch
 
 from .core import ActivationMeter, attention, make_policy
+from .utils.atomic import write_text
 
 DEFAULT_POLICIES = ("eager", "exact", "paper:S=5", "topk:keep_ratio=0.125", "quant:bits=8", "quant:bits=4", "recompute", "sdpa")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -183,14 +183,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _atomic_write(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -210,9 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     print(HEADER, flush=True)
     records = run(args)
     if args.json:
-        _atomic_write(args.json, json.dumps(records, indent=1))
+        write_text(args.json, json.dumps(records, indent=1))
     if args.markdown:
-        _atomic_write(args.markdown, markdown_table(records) + "\n")
+        write_text(args.markdown, markdown_table(records) + "\n")
     return 0
 
 

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from softmax_approx.utils.distributed import DistributedJob
 from softmax_approx.utils import sweep as sweep_summary
 from softmax_approx.utils.callbacks import FaultInjection, LastCheckpoint
-from softmax_approx.utils.errors import UserError
+from softmax_approx.utils.errors import UserError, one_line
 from softmax_approx.utils.instantiate import instantiate_callbacks, instantiate_loggers, instantiate_model
 from softmax_approx.utils.results import (
     finish_record,
@@ -41,7 +41,7 @@ from softmax_approx.utils.results import (
     results_path,
     write_json_atomic,
 )
-from softmax_approx.utils.resume import decide
+from softmax_approx.utils.resume import decide, read_record
 from softmax_approx.utils.validation import CONF_DIR, validate_config
 
 log = logging.getLogger(__name__)
@@ -55,11 +55,10 @@ def _run_info(cfg: DictConfig) -> tuple[Path, str | None, str | None]:
     """(run dir, job id, multirun sweep name) from Hydra's runtime, when there is one."""
     run_dir = Path(cfg.paths.output_dir)
     job_id, sweep = run_dir.name, None
-    if HydraConfig.initialized():
+    if _is_multirun():
         hc = HydraConfig.get()
-        if str(hc.mode) == "RunMode.MULTIRUN":
-            sweep = Path(hc.sweep.dir).name
-            job_id = f"{sweep}/{hc.job.num}"
+        sweep = Path(hc.sweep.dir).name
+        job_id = f"{sweep}/{hc.job.num}"
     return run_dir, job_id, sweep
 
 
@@ -164,7 +163,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         objects["record"] = record
         return metrics, objects
     except BaseException as e:
-        finish_record(record, "failed", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        finish_record(record, "failed", one_line(e))
         if ddp.is_global_zero:
             write_json_atomic(out_path, record)
         raise
@@ -240,12 +239,10 @@ def run_job(cfg: DictConfig) -> float | None:
 
 
 def _record_failure(cfg: DictConfig, e: BaseException) -> None:
-    error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    error = one_line(e)
     print(f"error: job failed, the sweep goes on: {error}", file=sys.stderr)
     run_dir, job_id, _ = _run_info(cfg)
     path = results_path(run_dir)
-    from softmax_approx.utils.resume import read_record
-
     rec = read_record(path)
     if rec is None or rec.get("status") != "failed":
         write_json_atomic(path, sweep_summary.failed_record(cfg, run_dir, job_id, error))

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from softmax_approx.data.files import IWSLT_SUBDIR, fetch_command
+from softmax_approx.utils.atomic import write_text
 from softmax_approx.utils.errors import DataError
 
 MULTI30K_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/{name}"
@@ -118,13 +119,6 @@ def download_multi30k(data_dir: Path, **kw) -> list[Path]:
     ]
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _load_hf(name: str, load_dataset: Callable | None):
     if load_dataset is None:
         try:
@@ -148,7 +142,7 @@ def download_sst2(data_dir: Path, load_dataset: Callable | None = None) -> list[
             sentence = " ".join(str(ex["sentence"]).replace("\t", " ").split())
             rows.append(f"{sentence} \t{int(ex['label'])}")
         path = data_dir / "sst2" / fname
-        _atomic_text(path, "\n".join(rows) + "\n")
+        write_text(path, "\n".join(rows) + "\n")
         out.append(path)
     return out
 

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
+from softmax_approx.utils.atomic import write_text
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 CLS_SPECIALS = ["<pad>", "<unk>", "<cls>"]
@@ -63,19 +62,6 @@ def cache_path(cache_dir: str | Path, task: str, settings: dict) -> Path:
     return Path(cache_dir) / f"{task}-{digest}.json"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int) -> Tokenizer:
     """Train a fresh tokenizer of ``kind`` ('classification' | 'translation')."""
     global TRAIN_COUNT
@@ -99,7 +85,7 @@ def load_or_train(
             pass
     tok = train_tokenizer(kind, texts(), vocab_size)
     try:
-        atomic_write_text(path, tok.to_str())
+        write_text(path, tok.to_str())
     except OSError:
         pass  # an unwritable cache only costs a retrain next time
     return tok

@@ -1,42 +1,19 @@
-"""Atomic file output: a table or figure is either the old file or the complete new one.
+"""Atomic report output: a table or figure is either the old file or the complete new one.
 
 Why: `make tables` may be interrupted (or a renderer may raise half way); a reader must never
-see a truncated CSV or PDF. Everything is written to a temporary file in the same directory
-and moved into place with os.replace, which is atomic on POSIX and Windows.
+see a truncated CSV or PDF. The mechanism is :mod:`softmax_approx.utils.atomic`; this module adds
+the JSON and matplotlib writers the report needs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import Any
 
+from softmax_approx.utils.atomic import atomic_write, write_text
 
-@contextlib.contextmanager
-def atomic_write(path: Path | str, mode: str = "w") -> Iterator[IO[Any]]:
-    """`with atomic_write(p) as f: f.write(...)`; on an exception nothing is left behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def write_text(path: Path | str, text: str) -> Path:
-    with atomic_write(path) as f:
-        f.write(text)
-    return Path(path)
+__all__ = ["atomic_write", "write_text", "write_json", "save_figure"]
 
 
 def write_json(path: Path | str, data: Any) -> Path:

@@ -19,3 +19,9 @@ class DataError(UserError):
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN/inf (names the step and batch index); not a user error."""
+
+
+def one_line(e: BaseException) -> str:
+    """``Type: first line of the message``, for results.json and one-line error reports."""
+    text = str(e)
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
