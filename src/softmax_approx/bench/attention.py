@@ -28,8 +28,8 @@ import time
 
 import torch
 
-from .core import ActivationMeter, attention, make_policy
-from .utils.atomic import write_text
+from ..core import ActivationMeter, attention, make_policy
+from ..utils.atomic import write_text
 
 DEFAULT_POLICIES = ("eager", "exact", "paper:S=5", "topk:keep_ratio=0.125", "quant:bits=8", "quant:bits=4", "recompute", "sdpa")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -208,5 +208,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m softmax_approx.bench.attention
     sys.exit(main())
