@@ -20,8 +20,8 @@ from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 
-import softmax_approx.utils.instantiate  # noqa: E402,F401  (registers ${run_uid:})
-from softmax_approx.utils.validation import CONF_DIR  # noqa: E402
+import softmax_approx.harness.instantiate  # noqa: E402,F401  (registers ${run_uid:})
+from softmax_approx.harness.validation import CONF_DIR  # noqa: E402
 from fixtures_data import write_imdb_tgz, write_sst2  # noqa: E402
 
 # A few steps of a tiny model on the fixtures: enough to validate, checkpoint and test.

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from conftest import compose_cfg
 from softmax_approx.core import POLICIES, POLICY_NAMES
 from softmax_approx.utils.errors import ConfigError, DataError
-from softmax_approx.utils.validation import CONF_DIR, validate_config
+from softmax_approx.harness.validation import CONF_DIR, validate_config
 
 CLASSIFICATION_TASKS = ("sst2", "imdb")
 PROFILES = ("smoke", "cpu", "paper")

@@ -28,12 +28,12 @@ from conftest import TINY, compose_cfg
 from fixtures_data import write_imdb_tgz, write_sst2
 from softmax_approx import train as train_mod
 from softmax_approx.train import train
-from softmax_approx.utils import sweep as sweep_mod
-from softmax_approx.utils.callbacks import LastCheckpoint, step_seed
+from softmax_approx.harness import sweep as sweep_mod
+from softmax_approx.harness.callbacks import LastCheckpoint, step_seed
 from softmax_approx.utils.errors import ConfigError, NonFiniteLossError
-from softmax_approx.utils.results import load_results, resolved_config, write_json_atomic
-from softmax_approx.utils.resume import config_differences, decide, last_checkpoint, wandb_run_id
-from softmax_approx.utils.validation import CONF_DIR
+from softmax_approx.harness.results import load_results, resolved_config, write_json_atomic
+from softmax_approx.harness.resume import config_differences, decide, last_checkpoint, wandb_run_id
+from softmax_approx.harness.validation import CONF_DIR
 
 # Three epochs of 4 batches: last.ckpt after every epoch; a crash at step 6 is mid-epoch 1.
 EPOCHS3 = ["trainer.max_epochs=3", "trainer.deterministic=true"]
@@ -49,7 +49,7 @@ def _ckpt(path: Path) -> dict:
 
 # ------------------------------------------------------------------------------------ 1. resume
 def _config_of(cfg) -> dict:
-    from softmax_approx.utils.results import jsonable
+    from softmax_approx.harness.results import jsonable
 
     return jsonable(resolved_config(cfg))
 
@@ -146,7 +146,7 @@ def test_step_seed_depends_on_position_only():
 
 
 def test_wandb_run_id_is_persisted_and_passed_with_resume_allow(tmp_path):
-    from softmax_approx.utils.instantiate import instantiate_loggers
+    from softmax_approx.harness.instantiate import instantiate_loggers
 
     a = wandb_run_id(tmp_path)
     assert a == wandb_run_id(tmp_path) == (tmp_path / "wandb_run_id").read_text().strip()

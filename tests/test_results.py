@@ -9,7 +9,7 @@ import os
 import pytest
 
 from softmax_approx.train import NoBestCheckpoint, train
-from softmax_approx.utils.results import load_results, write_json_atomic
+from softmax_approx.harness.results import load_results, write_json_atomic
 
 
 def test_atomic_write_leaves_no_temp_and_replaces(tmp_path):

@@ -1,6 +1,6 @@
 """Sweeps and scale-out: launcher configs (joblib, SLURM), DDP glue, W&B grouping per sweep.
 
-Fast tests compose configs and exercise ``utils/distributed.py`` in-process; the ``slow`` ones
+Fast tests compose configs and exercise ``harness/distributed.py`` in-process; the ``slow`` ones
 run the real CLI (a 2-job joblib sweep, a 2-job sweep of 2-process CPU DDP jobs) and real W&B
 offline runs on the tiny fixtures. None needs SLURM, a GPU or the network.
 """
@@ -21,9 +21,9 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict
 
 from conftest import TINY, compose_cfg
-from softmax_approx.utils import distributed as dist_mod
-from softmax_approx.utils.distributed import DistributedJob, hydra_child_command, is_global_zero, reduce_memory
-from softmax_approx.utils.validation import CONF_DIR
+from softmax_approx.harness import distributed as dist_mod
+from softmax_approx.harness.distributed import DistributedJob, hydra_child_command, is_global_zero, reduce_memory
+from softmax_approx.harness.validation import CONF_DIR
 
 
 def _compose(overrides: list[str], tmp_path: Path):
@@ -231,7 +231,7 @@ GRID = [(policy, seed) for policy in ("paper", "topk") for seed in (0, 1)]
 def test_wandb_group_is_the_sweep_and_names_are_distinct(tmp_path, data_dir):
     """The logger train.py builds for each job of `attention=paper,topk seed=0,1` (no run started)."""
     from softmax_approx.train import _run_info
-    from softmax_approx.utils.instantiate import instantiate_loggers
+    from softmax_approx.harness.instantiate import instantiate_loggers
 
     sweep = tmp_path / "multiruns" / "2026-01-01_00-00-00_abcd1234"
     seen = []

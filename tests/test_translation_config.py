@@ -4,7 +4,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from softmax_approx.utils.validation import CONF_DIR, validate_config
+from softmax_approx.harness.validation import CONF_DIR, validate_config
 
 
 def _cfg(overrides):

@@ -28,12 +28,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from softmax_approx.utils.distributed import DistributedJob
-from softmax_approx.utils import sweep as sweep_summary
-from softmax_approx.utils.callbacks import FaultInjection, LastCheckpoint
+from softmax_approx.harness.distributed import DistributedJob
+from softmax_approx.harness import sweep as sweep_summary
+from softmax_approx.harness.callbacks import FaultInjection, LastCheckpoint
 from softmax_approx.utils.errors import UserError, one_line
-from softmax_approx.utils.instantiate import instantiate_callbacks, instantiate_loggers, instantiate_model
-from softmax_approx.utils.results import (
+from softmax_approx.harness.instantiate import instantiate_callbacks, instantiate_loggers, instantiate_model
+from softmax_approx.harness.results import (
     finish_record,
     jsonable,
     new_record,
@@ -41,8 +41,8 @@ from softmax_approx.utils.results import (
     results_path,
     write_json_atomic,
 )
-from softmax_approx.utils.resume import decide, read_record
-from softmax_approx.utils.validation import CONF_DIR, validate_config
+from softmax_approx.harness.resume import decide, read_record
+from softmax_approx.harness.validation import CONF_DIR, validate_config
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     validate_config(cfg)
     run_dir, job_id, sweep = _run_info(cfg)
     out_path = results_path(run_dir)
-    # Same command, same run dir: skip a completed run, resume an interrupted one (utils/resume.py).
+    # Same command, same run dir: skip a completed run, resume an interrupted one (harness/resume.py).
     decision = decide(run_dir, jsonable(resolved_config(cfg)), cfg.get("ckpt_path"))
     if decision.action == "skip":
         print(f"{out_path}: run already completed; not training again (returning its recorded metrics; "

@@ -36,7 +36,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from softmax_approx.core import ActivationMeter
 from softmax_approx.nn import MultiHeadAttention, set_attention_policy
-from softmax_approx.utils.distributed import gather_memory
+from softmax_approx.harness.distributed import gather_memory
 from softmax_approx.utils.errors import NonFiniteLossError
 
 
@@ -294,7 +294,7 @@ class BaseTask(L.LightningModule):
 
     def on_train_end(self) -> None:
         """DDP: each rank measured its own batch; combine them (max per device, sum and each
-        rank's record in ``memory.ranks``; ``utils.distributed.reduce_memory``). A collective."""
+        rank's record in ``memory.ranks``; ``harness.distributed.reduce_memory``). A collective."""
         self.memory = gather_memory(self.memory)
 
     def run_stats(self) -> dict:

@@ -40,7 +40,7 @@ def instantiate_loggers(cfg: DictConfig | None, default_group: str | None = None
     """Loggers from ``cfg.logger``; a W&B logger without a group gets ``default_group``.
 
     With ``run_dir``, a W&B logger without an ``id`` gets the id persisted in the run dir
-    (``utils.resume.wandb_run_id``) and ``resume='allow'``: a resumed run continues the same
+    (``harness.resume.wandb_run_id``) and ``resume='allow'``: a resumed run continues the same
     W&B run instead of starting a second one.
     """
     if not cfg:
@@ -54,7 +54,7 @@ def instantiate_loggers(cfg: DictConfig | None, default_group: str | None = None
             if "group" in c and c.group is None and default_group is not None:
                 c.group = default_group
             if run_dir is not None and "wandb" in str(c._target_).lower() and not c.get("id"):
-                from softmax_approx.utils.resume import wandb_run_id
+                from softmax_approx.harness.resume import wandb_run_id
 
                 c.id = wandb_run_id(run_dir)
                 c.resume = c.get("resume") or "allow"

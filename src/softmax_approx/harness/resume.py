@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from softmax_approx.utils.callbacks import LAST_NAME
+from softmax_approx.harness.callbacks import LAST_NAME
 from softmax_approx.utils.errors import ConfigError
 
 #: Top-level config keys that may differ between attempts of one run: where files live, how it

@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from softmax_approx.utils.atomic import write_text
-from softmax_approx.utils.provenance import now_iso, provenance
+from softmax_approx.harness.provenance import now_iso, provenance
 
 SCHEMA = 1
 FILENAME = "results.json"
