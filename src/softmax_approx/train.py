@@ -26,7 +26,7 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from softmax_approx.harness.distributed import DistributedJob
 from softmax_approx.harness import sweep as sweep_summary
@@ -97,15 +97,13 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         module_cls = get_class(cfg.task.module._target_)
         net = instantiate_model(cfg.model, **module_cls.net_kwargs(datamodule))
         # Task-specific constructor arguments live in task.module (e.g. n_classes); the shared
-        # ones (optimizer, policy, measurement knobs) are the same for every BaseTask.
+        # ones (optimizer, measurement knobs; the policy is the model's) are the same for every BaseTask.
         module = hydra.utils.instantiate(
             cfg.task.module,
             _convert_="all",
             net=net,
             optimizer=hydra.utils.instantiate(cfg.optimizer),
             scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-            policy=cfg.attention.name,
-            policy_params=OmegaConf.to_container(cfg.attention.params, resolve=True),
             memory_warmup_steps=cfg.memory.warmup_steps,
             memory_measure_steps=cfg.memory.measure_steps,
             timing_skip_steps=cfg.timing.skip_steps,

@@ -22,18 +22,43 @@ and summed with fixed sinusoidal positions (fairseq's layout: position 0 is the 
 ``tie_decoder_embeddings`` ties the decoder input embedding with the output projection
 (fairseq ``--share-decoder-input-output-embed``); ``share_encoder_embeddings`` additionally
 uses the same table for the encoder (``--share-all-embeddings``).
+
+Incremental decoding (fairseq's ``incremental_state``, used by ``models.decoding``):
+``start_decoding`` computes every layer's cross-attention keys/values once per sentence;
+``decode_step`` runs one new token per hypothesis, each decoder self-attention appending its
+keys/values to its cache; ``reorder_incremental_state(state, new_order)`` follows beam search's
+reordering and drops finished sentences, in one call per step. ``decode`` (the whole prefix,
+no cache) stays as the reference: tests check both give the same tokens and scores.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from softmax_approx.models.layers import Decoder, Encoder, PositionalEmbedding
+from softmax_approx.nn.attention import reorder_cache
 
-__all__ = ["Translator", "activation_memory_by_kind", "attention_modules_by_kind"]
+__all__ = ["Translator", "DecoderState", "activation_memory_by_kind", "attention_modules_by_kind"]
+
+
+@dataclass
+class DecoderState:
+    """What incremental decoding keeps between steps for one batch.
+
+    ``caches``: per decoder layer ``{"self": {"k", "v"}, "cross": {"k", "v", "mask"}}``;
+    self-attention rows are hypotheses (R of them), cross-attention rows are sentences
+    (``n_sentences``), each sentence owning ``group`` consecutive hypothesis rows (its beam).
+    ``steps``: target positions decoded so far (the position of the next token).
+    """
+
+    caches: list[dict]
+    group: int
+    n_sentences: int
+    steps: int = 0
 
 
 class Translator(nn.Module):
@@ -73,8 +98,8 @@ class Translator(nn.Module):
         else:
             nn.init.normal_(self.output.weight, mean=0.0, std=d_model**-0.5)
 
-    def _embed(self, table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
-        x = table(ids) * math.sqrt(self.d_model) + self.positions(ids.size(1))  # (B, L, d)
+    def _embed(self, table: nn.Embedding, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        x = table(ids) * math.sqrt(self.d_model) + self.positions(ids.size(1), offset)  # (B, L, d)
         return self.embed_dropout(x)
 
     def encode(self, src_ids: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
@@ -91,6 +116,29 @@ class Translator(nn.Module):
 
     def forward(self, src_ids, src_mask, tgt_in, tgt_mask=None) -> torch.Tensor:
         return self.decode(tgt_in, self.encode(src_ids, src_mask), src_mask, tgt_mask)
+
+    # ------------------------------------------------------------------ incremental decoding
+    def start_decoding(self, memory: torch.Tensor, src_mask: torch.Tensor, group: int = 1) -> DecoderState:
+        """State for decoding ``group`` hypotheses per sentence of ``memory`` (S, Ls, d)."""
+        return DecoderState(self.decoder.new_caches(memory, src_mask), int(group), memory.size(0))
+
+    def decode_step(self, tokens: torch.Tensor, state: DecoderState) -> torch.Tensor:
+        """The newest token of each hypothesis (R,) -> next-token logits (R, V); advances state."""
+        y = self._embed(self.tgt_embed, tokens[:, None], offset=state.steps)  # (R, 1, d)
+        state.steps += 1
+        return self.output(self.decoder.step(y, state.caches))[:, 0]
+
+    def reorder_incremental_state(self, state: DecoderState, new_order: torch.Tensor) -> None:
+        """Continue with hypothesis rows ``new_order`` (old row indices, ``state.group`` per
+        sentence, a sentence's rows consecutive and sentences in their old order): beam search's
+        reordering and the removal of finished sentences in one call."""
+        for cache in state.caches:
+            reorder_cache(cache["self"], new_order)
+        sentences = new_order[:: state.group] // state.group
+        if not torch.equal(sentences, torch.arange(state.n_sentences, device=sentences.device)):
+            for cache in state.caches:  # the same keys for every hypothesis of a sentence
+                reorder_cache(cache["cross"], sentences)
+            state.n_sentences = sentences.numel()
 
 
 ATTENTION_KINDS = ("encoder_self", "decoder_self", "cross")
@@ -114,40 +162,39 @@ def activation_memory_by_kind(model: Translator, src_ids, src_mask, tgt_in, tgt_
     saved storages are then united per kind, so a storage shared by several layers of a kind
     (the encoder output read by every cross-attention) counts once. ``bytes`` is everything the
     kind's modules keep (projection inputs included); ``softmax_state_bytes`` the n x n part.
-    ``policy`` temporarily overrides the modules' policy (None = keep theirs). Runs in training
-    mode (dropout on, as in training) and restores the previous mode and policies.
+    ``policy`` temporarily overrides the modules' policy (``nn.use_policy``; None = keep theirs).
+    Runs in training mode (dropout on, as in training) and restores the previous mode.
     """
-    from softmax_approx.core import ActivationMeter, make_policy
+    from softmax_approx.core import ActivationMeter
+    from softmax_approx.nn import use_policy
 
     groups = attention_modules_by_kind(model)
     records: dict[str, dict] = {kind: {} for kind in groups}
-    saved_policies, was_training = {}, model.training
+    open_meters: dict[nn.Module, ActivationMeter] = {}
+    was_training = model.training
 
-    def metered(module, kind):
-        inner = module.forward
+    def enter(module, args):
+        open_meters[module] = ActivationMeter(model).__enter__()
 
-        def forward(*args, **kwargs):
-            with ActivationMeter(model) as meter:
-                out = inner(*args, **kwargs)
-            records[kind].update(meter.report().records)
-            return out
+    def leave(module, args, output, kind):
+        meter = open_meters.pop(module)
+        meter.__exit__(None, None, None)
+        records[kind].update(meter.report().records)
 
-        return forward
-
+    handles = []
     try:
         for kind, modules in groups.items():
             for m in modules:
-                saved_policies[m] = m.policy
-                if policy is not None:
-                    m.policy = make_policy(policy, **dict(policy_params or {}))
-                m.forward = metered(m, kind)
+                handles.append(m.register_forward_pre_hook(enter))
+                handles.append(m.register_forward_hook(lambda mod, a, out, _kind=kind: leave(mod, a, out, _kind)))
         model.train()
-        with torch.enable_grad():
+        with use_policy(model, policy, **dict(policy_params or {})), torch.enable_grad():
             model(src_ids, src_mask, tgt_in, tgt_mask)  # the graph is dropped on return
     finally:
-        for m, p in saved_policies.items():
-            m.policy = p
-            del m.forward  # back to the class's forward
+        for h in handles:
+            h.remove()
+        for meter in open_meters.values():  # a forward that raised leaves its meter open
+            meter.__exit__(None, None, None)
         model.train(was_training)
     return {
         kind: {"bytes": sum(r.nbytes for r in recs.values()),

@@ -35,7 +35,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from softmax_approx.core import ActivationMeter
-from softmax_approx.nn import MultiHeadAttention, set_attention_policy
+from softmax_approx.nn import MultiHeadAttention, use_policy
 from softmax_approx.harness.distributed import gather_memory
 from softmax_approx.utils.errors import NonFiniteLossError
 
@@ -71,8 +71,6 @@ class BaseTask(L.LightningModule):
         net: torch.nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
-        policy: str = "eager",
-        policy_params: dict | None = None,
         memory_warmup_steps: int = 2,
         memory_measure_steps: int = 10,
         timing_skip_steps: int = 2,
@@ -83,8 +81,6 @@ class BaseTask(L.LightningModule):
         self.net = net
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.policy = policy
-        self.policy_params = dict(policy_params or {})
         self.memory: dict | None = None
         self.fidelity: dict | None = None
         self._step_seconds: list[float] = []
@@ -243,11 +239,8 @@ class BaseTask(L.LightningModule):
         try:
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 approx = self._attention_input_grads(batch)
-                set_attention_policy(self.net, "exact", {})
-                try:
+                with use_policy(self.net, "exact"):
                     exact = self._attention_input_grads(batch)
-                finally:
-                    set_attention_policy(self.net, self.policy, self.policy_params)
         finally:
             self.net.train(was_training)
         layers = {}
