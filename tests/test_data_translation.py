@@ -73,7 +73,7 @@ def test_multi30k_batches_follow_contract_and_decode_roundtrips(tmp_path):
     assert dm.split_sizes_full == {"train": 40, "val": 8, "test": 8}
     n = 0
     for b in dm.train_dataloader():
-        assert set(b) == {"src_ids", "src_mask", "tgt_in", "tgt_out", "tgt_mask", "src_text", "ref_text"}
+        assert set(b) == {"src_ids", "src_mask", "tgt_in", "tgt_out", "tgt_mask", "src_text", "ref_text", "index"}
         for k in ("src_ids", "tgt_in", "tgt_out"):
             assert b[k].dtype == torch.long
         assert b["src_mask"].dtype == torch.bool and b["tgt_mask"].dtype == torch.bool

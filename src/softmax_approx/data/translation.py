@@ -21,6 +21,14 @@ languages of the training split only and cached (see ``tokenizer.py``). Sources 
 truncated to ``max_len`` tokens and targets to ``max_len - 1`` so that ``tgt_in = <bos> + y``
 and ``tgt_out = y + <eos>`` never exceed ``max_len``. ``subset`` caps each split with a
 seeded sample (smoke profile); the held-out splits never depend on it.
+
+Evaluation batches (validation, test: teacher-forced loss and decoding) are cut by a budget of
+``eval_max_tokens`` padded **source** tokens (sentences x longest source, fairseq's
+``--max-tokens`` for generation), after sorting the split by source length, longest first: long
+IWSLT sentences never share a batch with short ones, and the first batch shows the peak
+memory. ``eval_max_tokens=None`` uses the training batching (``eval_batch_size`` /
+``max_tokens``) instead. Every batch carries ``index`` (each example's position in its split),
+so the task restores the split's order after decoding.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import torch
 
 from softmax_approx.data import tokenizer as tokmod
 from softmax_approx.data.base import BucketedDataModule
-from softmax_approx.data.batching import TranslationCollator
+from softmax_approx.data.batching import BucketBatchSampler, TranslationCollator
 from softmax_approx.data.classification import _check_subset, _ListDataset
 from softmax_approx.data.files import check_files, input_signature, resolve_cache_dir
 from softmax_approx.data.readers import holdout_split, iter_text, read_parallel, seeded_subset
@@ -70,6 +78,7 @@ class TranslationDataModule(BucketedDataModule):
         batch_size: int | None = 64,
         max_tokens: int | None = None,
         eval_batch_size: int | None = None,
+        eval_max_tokens: int | None = 2048,
         num_workers: int = 0,
         subset: dict | None = None,
         seed: int = 0,
@@ -96,6 +105,9 @@ class TranslationDataModule(BucketedDataModule):
         self.batch_size = batch_size
         self.max_tokens = max_tokens
         self.eval_batch_size = eval_batch_size or batch_size
+        if eval_max_tokens is not None and int(eval_max_tokens) < 1:
+            raise ConfigError(f"data.eval_max_tokens={eval_max_tokens}: must be >= 1 (source tokens per batch) or null")
+        self.eval_max_tokens = None if eval_max_tokens is None else int(eval_max_tokens)
         self.num_workers = num_workers
         self.subset = _check_subset(subset)
         self.seed = int(seed)
@@ -182,9 +194,10 @@ class TranslationDataModule(BucketedDataModule):
         src = self.tokenizer.encode_batch([p[0] for p in pairs], add_special_tokens=False)
         tgt = self.tokenizer.encode_batch([p[1] for p in pairs], add_special_tokens=False)
         out = []
-        for (s_text, t_text), s, t in zip(pairs, src, tgt):
+        for i, ((s_text, t_text), s, t) in enumerate(zip(pairs, src, tgt)):
             out.append(
                 {
+                    "index": i,
                     "src": s.ids[: self.max_len] or [self.unk_id],
                     "tgt": t.ids[: self.max_len - 1],
                     "src_text": s_text,
@@ -221,5 +234,23 @@ class TranslationDataModule(BucketedDataModule):
         return max(len(item["src"]), len(item["tgt"]) + 1)
 
     def collator(self):
-        return TranslationCollator(self.pad_id, self.bos_id, self.eos_id)
+        return _IndexedCollator(self.pad_id, self.bos_id, self.eos_id)
+
+    def _loader(self, split: str, train: bool) -> torch.utils.data.DataLoader:
+        if train or self.eval_max_tokens is None or not self.datasets:
+            return super()._loader(split, train)
+        items = self.datasets[split].items
+        sampler = BucketBatchSampler([len(e["src"]) for e in items], max_tokens=self.eval_max_tokens,
+                                     shuffle=False, seed=self.seed)  # unshuffled: longest source first
+        return torch.utils.data.DataLoader(self.datasets[split], batch_sampler=sampler, collate_fn=self.collator(),
+                                           num_workers=self.num_workers, pin_memory=self.pin_memory)
+
+
+class _IndexedCollator(TranslationCollator):
+    """The translation batch plus ``index``: each example's position in its split."""
+
+    def __call__(self, examples: list[dict]) -> dict:
+        batch = super().__call__(examples)
+        batch["index"] = [e["index"] for e in examples]
+        return batch
 

@@ -1,20 +1,25 @@
 """Batched greedy and beam-search decoding for an encoder-decoder model.
 
-The model needs two methods (``models.translator.Translator`` has them):
+The model needs ``encode(src_ids, src_mask) -> memory`` (B, Ls, d) and
+``decode(tgt_in, memory, src_mask) -> logits`` (B, Lt, V). A model that also has fairseq-style
+incremental decoding (``models.translator.Translator``: ``start_decoding``, ``decode_step``,
+``reorder_incremental_state``) is decoded with its key/value cache (``cache=True``, the
+default): one new token per hypothesis and step instead of the whole prefix, cross-attention
+keys/values computed once per sentence. ``cache=False`` (config
+``task.module.decode_cache=false``) re-runs ``decode`` over the whole prefix at every step: the
+reference the cached path is tested against (same tokens, scores within 1e-5).
 
-* ``encode(src_ids, src_mask) -> memory``  with ``memory`` of shape (B, Ls, d);
-* ``decode(tgt_in, memory, src_mask) -> logits`` of shape (B, Lt, V).
-
-There is no key/value cache: each step re-runs the decoder over the whole prefix. That is
-O(L^2) decoder work per sentence, which is negligible next to training at our lengths, and it
-keeps one code path (the same causal attention as training) so there is nothing to go stale.
+Finished sentences leave the batch (fairseq): every step keeps only the rows of sentences
+still being decoded, and one ``reorder`` call per step applies beam search's choice of
+hypotheses and that pruning to the cache. Decoding runs under ``torch.no_grad()``, so the
+attention modules keep nothing for backward and no softmax policy compresses anything.
 
 Conventions follow fairseq's ``SequenceGenerator``:
 
 * the maximum output length (in tokens, eos included) of sentence i is
   ``floor(max_len_a * src_len_i + max_len_b)`` with ``src_len_i`` its number of real source
   tokens (capped by ``model.max_positions`` when the model has one); at the last position
-  eos is forced;
+  eos is forced; ``limits`` (a tensor of per-sentence limits) overrides the formula;
 * eos is blocked before ``min_len`` tokens (default 1: no empty translations); pad and bos
   are never generated;
 * beam search keeps ``beam`` live prefixes, looks at the best ``2*beam`` continuations per
@@ -62,10 +67,9 @@ def length_penalty(n: torch.Tensor | int, alpha: float, style: str = "fairseq") 
     raise ValueError(f"length_penalty style={style!r} is unknown; use 'fairseq' or 'gnmt'")
 
 
-def _step_logprobs(model, prefix, memory, src_mask, step, limits, *, pad_id, bos_id, eos_id, min_len):
-    """Log-probabilities of the next token for every row, with fairseq's constraints applied."""
-    logits = model.decode(prefix, memory, src_mask)[:, -1, :].float()
-    lprobs = torch.log_softmax(logits, dim=-1)
+def _constrain(logits, step, limits, *, pad_id, bos_id, eos_id, min_len):
+    """Next-token log-probabilities (R, V) with fairseq's constraints; ``limits`` per row."""
+    lprobs = torch.log_softmax(logits.float(), dim=-1)
     lprobs[:, pad_id] = -math.inf
     if bos_id != eos_id:
         lprobs[:, bos_id] = -math.inf
@@ -79,93 +83,125 @@ def _step_logprobs(model, prefix, memory, src_mask, step, limits, *, pad_id, bos
     return lprobs
 
 
+class _Prefix:
+    """The reference: the whole prefix through ``model.decode`` at every step (no cache)."""
+
+    def __init__(self, model, memory, src_mask, group):
+        self.model = model
+        self.memory = memory.repeat_interleave(group, dim=0)  # (R, Ls, d), one per hypothesis
+        self.src_mask = src_mask.repeat_interleave(group, dim=0)
+
+    def logits(self, prefix):
+        return self.model.decode(prefix, self.memory, self.src_mask)[:, -1, :]
+
+    def reorder(self, rows):
+        self.memory, self.src_mask = self.memory.index_select(0, rows), self.src_mask.index_select(0, rows)
+
+
+class _Cached:
+    """fairseq's incremental state: only the newest token of each hypothesis per step."""
+
+    def __init__(self, model, memory, src_mask, group):
+        self.model = model
+        self.state = model.start_decoding(memory, src_mask, group)
+
+    def logits(self, prefix):
+        return self.model.decode_step(prefix[:, -1], self.state)
+
+    def reorder(self, rows):
+        self.model.reorder_incremental_state(self.state, rows)
+
+
+def _start(model, src_ids, src_mask, group, cache, max_len_a, max_len_b, limits):
+    """Encode once; the per-sentence output limits; the cached or the reference stepper."""
+    memory = model.encode(src_ids, src_mask)
+    if limits is None:
+        limits = max_lengths(src_mask, max_len_a, max_len_b, getattr(model, "max_positions", None))
+    elif limits.shape != (src_ids.size(0),):
+        raise ValueError(f"limits: expected one output limit per sentence, shape ({src_ids.size(0)},), got {tuple(limits.shape)}")
+    stepper = _Cached if cache and hasattr(model, "decode_step") else _Prefix
+    return stepper(model, memory, src_mask, group), limits.to(torch.long).to(src_ids.device)
+
+
 @torch.no_grad()
 def greedy_decode(model, src_ids, src_mask, *, bos_id, eos_id, pad_id,
-                  max_len_a: float = 1.2, max_len_b: int = 10, min_len: int = 1) -> Hypotheses:
-    """Pick the most probable token at every step, for the whole batch at once."""
-    B = src_ids.size(0)
-    memory = model.encode(src_ids, src_mask)
-    limits = max_lengths(src_mask, max_len_a, max_len_b, getattr(model, "max_positions", None))
-    prefix = torch.full((B, 1), bos_id, dtype=torch.long, device=src_ids.device)
-    scores = torch.zeros(B, dtype=torch.float32, device=src_ids.device)
-    done = torch.zeros(B, dtype=torch.bool, device=src_ids.device)
+                  max_len_a: float = 1.2, max_len_b: int = 10, min_len: int = 1,
+                  cache: bool = True, limits: torch.Tensor | None = None) -> Hypotheses:
+    """Pick the most probable token at every step; a sentence leaves the batch at its eos."""
+    B, dev = src_ids.size(0), src_ids.device
+    run, limits = _start(model, src_ids, src_mask, 1, cache, max_len_a, max_len_b, limits)
+    alive = torch.arange(B, device=dev)  # original index of each row still decoding
+    prefix = torch.full((B, 1), bos_id, dtype=torch.long, device=dev)
+    scores = torch.zeros(B, dtype=torch.float32, device=dev)
+    tokens: list[list[int]] = [[] for _ in range(B)]
     for step in range(int(limits.max())):
-        lprobs = _step_logprobs(model, prefix, memory, src_mask, step, limits,
-                                pad_id=pad_id, bos_id=bos_id, eos_id=eos_id, min_len=min_len)
+        lprobs = _constrain(run.logits(prefix), step, limits[alive],
+                            pad_id=pad_id, bos_id=bos_id, eos_id=eos_id, min_len=min_len)
         lp, tok = lprobs.max(dim=-1)
-        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
-        scores = scores + torch.where(done, torch.zeros_like(lp), lp)
+        scores[alive] += lp
         prefix = torch.cat([prefix, tok[:, None]], dim=1)
-        done = done | (tok == eos_id)
-        if bool(done.all()):
-            break
-    tokens = []
-    for row in prefix[:, 1:].tolist():
-        out = []
-        for t in row:
-            if t in (eos_id, pad_id):
+        ended = tok == eos_id  # eos is forced at each row's limit, so every row ends
+        if bool(ended.any()):
+            for i in ended.nonzero().flatten().tolist():
+                tokens[int(alive[i])] = prefix[i, 1:-1].tolist()
+            keep = (~ended).nonzero().flatten()
+            if keep.numel() == 0:
                 break
-            out.append(t)
-        tokens.append(out)
+            prefix, alive = prefix.index_select(0, keep), alive[keep]
+            run.reorder(keep)
     return Hypotheses(tokens=tokens, scores=scores)
 
 
 @torch.no_grad()
 def beam_search(model, src_ids, src_mask, *, bos_id, eos_id, pad_id, beam: int = 5,
                 alpha: float = 1.0, lp_style: str = "fairseq", max_len_a: float = 1.2,
-                max_len_b: int = 10, min_len: int = 1) -> Hypotheses:
+                max_len_b: int = 10, min_len: int = 1, cache: bool = True,
+                limits: torch.Tensor | None = None) -> Hypotheses:
     """Batched beam search (fairseq semantics, see the module docstring)."""
     if beam < 1:
         raise ValueError(f"beam={beam} must be >= 1")
     B, K, dev = src_ids.size(0), beam, src_ids.device
-    memory = model.encode(src_ids, src_mask).repeat_interleave(K, dim=0)  # (B*K, Ls, d)
-    src_mask_k = src_mask.repeat_interleave(K, dim=0)
-    limits = max_lengths(src_mask, max_len_a, max_len_b, getattr(model, "max_positions", None))
-    limits_k = limits.repeat_interleave(K)
-    prefix = torch.full((B * K, 1), bos_id, dtype=torch.long, device=dev)
+    run, limits = _start(model, src_ids, src_mask, K, cache, max_len_a, max_len_b, limits)
+    alive = torch.arange(B, device=dev)  # original index of each sentence still decoding
+    alive_limits = limits.clone()
+    prefix = torch.full((B * K, 1), bos_id, dtype=torch.long, device=dev)  # K rows per sentence
     # Only beam 0 is live at the start, so the K copies of bos do not yield K equal hypotheses.
     scores = torch.full((B, K), -math.inf, device=dev)
     scores[:, 0] = 0.0
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
-    done = [False] * B
     for step in range(int(limits.max())):
-        lprobs = _step_logprobs(model, prefix, memory, src_mask_k, step, limits_k,
-                                pad_id=pad_id, bos_id=bos_id, eos_id=eos_id, min_len=min_len)
+        n = alive.numel()
+        lprobs = _constrain(run.logits(prefix), step, alive_limits.repeat_interleave(K),
+                            pad_id=pad_id, bos_id=bos_id, eos_id=eos_id, min_len=min_len)
         V = lprobs.size(-1)
-        cand = (scores.unsqueeze(-1) + lprobs.view(B, K, V)).view(B, K * V)
-        n_cand = min(2 * K, K * V)
-        top_scores, top_idx = cand.topk(n_cand, dim=-1)  # (B, 2K), sorted descending
+        cand = (scores.unsqueeze(-1) + lprobs.view(n, K, V)).view(n, K * V)
+        top_scores, top_idx = cand.topk(min(2 * K, K * V), dim=-1)  # (n, 2K), sorted descending
         top_beam, top_tok = top_idx // V, top_idx % V
         is_eos = (top_tok == eos_id) & torch.isfinite(top_scores)
 
         # Finalise eos continuations that rank among the best K (fairseq's rule).
-        hits = (is_eos[:, :K]).nonzero().tolist()
+        hits = is_eos[:, :K].nonzero().tolist()
         if hits:
-            prefix_rows = prefix.view(B, K, -1)
+            prefix_rows = prefix.view(n, K, -1)
             for b, j in hits:
-                if done[b] or len(finished[b]) >= K:
-                    continue
-                n = step + 1
-                toks = prefix_rows[b, int(top_beam[b, j]), 1:].tolist()
-                norm = float(top_scores[b, j]) / length_penalty(n, alpha, lp_style)
-                finished[b].append((norm, toks))
-        for b in range(B):
-            if not done[b] and (len(finished[b]) >= K or step + 1 >= int(limits[b])):
-                done[b] = True
-        if all(done):
+                sent = finished[int(alive[b])]
+                if len(sent) < K:
+                    toks = prefix_rows[b, int(top_beam[b, j]), 1:].tolist()
+                    sent.append((float(top_scores[b, j]) / length_penalty(step + 1, alpha, lp_style), toks))
+        full = torch.tensor([len(finished[a]) >= K for a in alive.tolist()], device=dev)
+        keep = (~(full | (alive_limits <= step + 1))).nonzero().flatten()
+        if keep.numel() == 0:
             break
 
-        # Continue with the best K non-eos candidates (a stable sort keeps score order).
-        order = torch.sort(is_eos.to(torch.int8), dim=-1, stable=True).indices[:, :K]
-        new_scores = top_scores.gather(1, order)
-        new_scores = new_scores.masked_fill(is_eos.gather(1, order), -math.inf)
-        new_beam = top_beam.gather(1, order)
-        new_tok = top_tok.gather(1, order)
-        rows = (torch.arange(B, device=dev)[:, None] * K + new_beam).view(-1)
-        prefix = torch.cat([prefix[rows], new_tok.view(-1, 1)], dim=1)
-        scores = new_scores
-        done_t = torch.tensor(done, device=dev)
-        scores = scores.masked_fill(done_t[:, None], -math.inf)
+        # Continue with the best K non-eos candidates (a stable sort keeps score order), of the
+        # sentences not finished: the others leave the batch.
+        order = torch.sort(is_eos.to(torch.int8), dim=-1, stable=True).indices[keep, :K]
+        new_scores = top_scores[keep].gather(1, order).masked_fill(is_eos[keep].gather(1, order), -math.inf)
+        new_beam, new_tok = top_beam[keep].gather(1, order), top_tok[keep].gather(1, order)
+        rows = (keep[:, None] * K + new_beam).view(-1)  # old row of each new hypothesis
+        prefix = torch.cat([prefix.index_select(0, rows), new_tok.view(-1, 1)], dim=1)
+        run.reorder(rows)
+        alive, alive_limits, scores = alive[keep], alive_limits[keep], new_scores
 
     tokens, best = [], []
     for b in range(B):

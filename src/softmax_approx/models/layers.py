@@ -122,6 +122,13 @@ class DecoderLayer(nn.Module):
         x = x + self.drop(self.cross_attn(h, memory, memory, key_padding_mask=memory_mask))
         return x + self.drop(self.ffn(self.ln3(x)))
 
+    def step(self, x: torch.Tensor, cache: dict) -> torch.Tensor:
+        """``forward`` for the newest position only: x (R, 1, d); ``cache`` holds this layer's
+        ``"self"`` (grows one position per call) and ``"cross"`` (from ``cross_cache``) dicts."""
+        x = x + self.drop(self.self_attn.step(self.ln1(x), cache["self"]))
+        x = x + self.drop(self.cross_attn.step(self.ln2(x), cache["cross"], cross=True))
+        return x + self.drop(self.ffn(self.ln3(x)))
+
 
 class Encoder(nn.Module):
     """A stack of EncoderLayers with a final LayerNorm (pre-norm needs one at the top)."""
@@ -148,4 +155,15 @@ class Decoder(nn.Module):
     def forward(self, x, memory, tgt_mask=None, memory_mask=None) -> torch.Tensor:
         for layer in self.layers:
             x = layer(x, memory, tgt_mask, memory_mask)
+        return self.ln_f(x)
+
+    def new_caches(self, memory: torch.Tensor, memory_mask: torch.Tensor | None = None) -> list[dict]:
+        """Per-layer incremental state: an empty self-attention cache and the cross-attention
+        keys/values of ``memory`` (S, Ls, d), computed here once per sentence."""
+        return [{"self": {}, "cross": layer.cross_attn.cross_cache(memory, memory_mask)} for layer in self.layers]
+
+    def step(self, x: torch.Tensor, caches: list[dict]) -> torch.Tensor:
+        """The newest position through every layer: x (R, 1, d) -> (R, 1, d)."""
+        for layer, cache in zip(self.layers, caches):
+            x = layer.step(x, cache)
         return self.ln_f(x)

@@ -11,6 +11,10 @@ Metric names:
   **beam-search** translations of the whole test split from the best checkpoint, the headline
   number; ``test/bleu_tok`` — fairseq-style tokenized BLEU beside it (see ``tasks/bleu.py``).
 
+Decoding uses the model's key/value cache unless ``decode_cache=False`` (the uncached
+reference, ``models/decoding.py``); hypotheses are put back in the split's order (batches come
+sorted by length) before BLEU and the samples.
+
 What :meth:`TranslationTask.results_fields` adds to results.json (after testing): the two
 sacreBLEU signatures as ``metrics["test/bleu_signature"]`` / ``metrics["test/bleu_tok_signature"]``,
 ``test_split`` (the DataModule's ``test_split_name``, e.g. the iwslt14_mini caveat),
@@ -85,7 +89,7 @@ class TranslationTask(BaseTask):
                  alpha: float = 1.0, lp_style: str = "fairseq", max_len_a: float = 1.2,
                  max_len_b: int = 10, val_decoding: str = "greedy",
                  val_bleu_max_sentences: int | None = 500, n_samples: int = 8,
-                 measure_by_kind: bool = True, **kwargs: Any) -> None:
+                 measure_by_kind: bool = True, decode_cache: bool = True, **kwargs: Any) -> None:
         super().__init__(net, **kwargs)
         if not 0.0 <= label_smoothing < 1.0:
             raise ConfigError(f"task.module.label_smoothing={label_smoothing}: must be in [0, 1)")
@@ -104,6 +108,7 @@ class TranslationTask(BaseTask):
         self._hyps: list[str] = []
         self._refs: list[str] = []
         self._srcs: list[str] = []
+        self._order: list[int] = []  # each hypothesis's position in its split
         self.test_bleu = None  # BleuResult of the last test run
         self.samples: list[dict] = []
 
@@ -158,7 +163,7 @@ class TranslationTask(BaseTask):
         hyp = run_decoding(
             self.net, batch["src_ids"], batch["src_mask"], strategy=strategy, beam=self.hparams.beam,
             alpha=self.hparams.alpha, lp_style=self.hparams.lp_style, max_len_a=self.hparams.max_len_a,
-            max_len_b=self.hparams.max_len_b, **self._data_ids(),
+            max_len_b=self.hparams.max_len_b, cache=self.hparams.decode_cache, **self._data_ids(),
         )
         dm = self.trainer.datamodule
         return [dm.decode(t) for t in hyp.tokens]
@@ -176,19 +181,21 @@ class TranslationTask(BaseTask):
             self._hyps += self._translate(part, strategy)
             self._refs += list(part["ref_text"])
             self._srcs += list(part["src_text"])
+            self._order += list(part.get("index") or range(len(self._order), len(self._order) + room))
 
     def _gather(self) -> tuple[list[str], list[str], list[str]]:
-        """All processes' sentences (DDP), in rank order; this process's alone otherwise."""
-        local = (self._hyps, self._refs, self._srcs)
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            return local
-        parts: list = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(parts, local)
-        return tuple(sum((p[i] for p in parts), []) for i in range(3))  # type: ignore[return-value]
+        """All processes' sentences (DDP), in the split's order (batches come sorted by length)."""
+        local = (self._hyps, self._refs, self._srcs, self._order)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            parts: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(parts, local)
+            local = tuple(sum((p[i] for p in parts), []) for i in range(4))
+        rows = sorted(zip(local[3], local[0], local[1], local[2]), key=lambda r: r[0])
+        return tuple([r[i] for r in rows] for i in (1, 2, 3))  # type: ignore[return-value]
 
     def _bleu(self, split: str):
         hyps, refs, srcs = self._gather()
-        self._hyps, self._refs, self._srcs = [], [], []
+        self._hyps, self._refs, self._srcs, self._order = [], [], [], []
         if not hyps:
             return None, []
         res = corpus_bleu(hyps, refs, lang=getattr(self.trainer.datamodule, "tgt_lang", "en"))
@@ -207,7 +214,7 @@ class TranslationTask(BaseTask):
                 lg.log_table(key=f"{split}/samples", columns=cols, data=rows)
 
     def on_validation_epoch_start(self) -> None:
-        self._hyps, self._refs, self._srcs = [], [], []
+        self._hyps, self._refs, self._srcs, self._order = [], [], [], []
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step("val", batch, self.hparams.val_decoding, self.hparams.val_bleu_max_sentences)
@@ -222,7 +229,7 @@ class TranslationTask(BaseTask):
             self.log("val/bleu_best", self.val_bleu_best.compute(), prog_bar=True)
 
     def on_test_epoch_start(self) -> None:
-        self._hyps, self._refs, self._srcs = [], [], []
+        self._hyps, self._refs, self._srcs, self._order = [], [], [], []
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step("test", batch, "beam", None)
@@ -245,6 +252,7 @@ class TranslationTask(BaseTask):
             "decoding": {"test": "beam", "val": self.hparams.val_decoding, "beam": self.hparams.beam,
                          "alpha": self.hparams.alpha, "lp_style": self.hparams.lp_style,
                          "max_len_a": self.hparams.max_len_a, "max_len_b": self.hparams.max_len_b,
+                         "cache": self.hparams.decode_cache,
                          "val_bleu_max_sentences": self.hparams.val_bleu_max_sentences},
             "samples": self.samples,
             "metrics": {},
