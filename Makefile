@@ -39,6 +39,11 @@ test-all: setup ## run every test
 bench: setup ## attention memory/speed/gradient benchmark (core library)
 	$(PY) -m softmax_approx.bench --json $(OUT)/bench.json
 
+# OUT given on the command line wins; otherwise outputs/gpu_check (docs/gpu.md)
+GPU_CHECK_ARGS ?=
+gpu-check: setup ## one-GPU check (~8 min): benchmark fp32/bf16 n=512..4096 + 200-step trainings -> OUT/gpu_check.{json,md}
+	$(PY) -m softmax_approx.bench gpu_check --out $(if $(filter command line,$(origin OUT)),$(OUT),outputs/gpu_check) --data-dir $(DATA_DIR) $(GPU_CHECK_ARGS)
+
 data: setup ## download and cache every dataset into DATA_DIR (needs network)
 	$(PY) -m softmax_approx.data download all --data-dir $(DATA_DIR)
 
@@ -51,4 +56,4 @@ tables: setup ## re-render OUT/tables and OUT/figures from existing results.json
 clean: ## remove build artefacts (keeps .venv and outputs)
 	rm -rf .pytest_cache build dist src/*.egg-info
 
-.PHONY: help setup test test-slow test-all bench data reproduce tables clean
+.PHONY: help setup test test-slow test-all bench gpu-check data reproduce tables clean

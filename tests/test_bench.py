@@ -44,3 +44,78 @@ def test_bench_rejects_bad_options_with_one_line(argv, fragment, capsys):
         bench.main(argv)
     assert exc.value.code == 2
     assert fragment in capsys.readouterr().err
+
+
+NEW_KEYS = {"amp", "seconds_infer", "infer_time_ratio_vs_eager", "time_ratio_vs_sdpa", "peak_bytes_fwd_bwd",
+            "compiled_seconds_fwd_bwd", "compiled_time_ratio", "compile_error"}
+TINY = ["--seq-len", "16", "--batch", "1", "--heads", "2", "--head-dim", "8", "--repeats", "1", "--logits", "random"]
+
+
+def _run(tmp_path, argv):
+    out = tmp_path / "bench.json"
+    assert bench.main([*TINY, *argv, "--json", str(out), "--markdown", str(tmp_path / "b.md")]) == 0
+    return json.loads(out.read_text()), (tmp_path / "b.md").read_text()
+
+
+def test_infer_and_sdpa_ratios_are_consistent(tmp_path):
+    records, md = _run(tmp_path, ["--policy", "paper:S=2", "--policy", "sdpa"])
+    assert [r["policy"] for r in records] == ["eager", "exact", "paper", "sdpa"]
+    eager, sdpa = records[0], records[-1]
+    for r in records:
+        assert NEW_KEYS <= set(r)
+        assert r["seconds_infer"] > 0
+        assert r["infer_time_ratio_vs_eager"] == pytest.approx(r["seconds_infer"] / eager["seconds_infer"])
+        assert r["time_ratio_vs_sdpa"] == pytest.approx(r["seconds_fwd_bwd"] / sdpa["seconds_fwd_bwd"])
+        assert r["peak_bytes_fwd_bwd"] is None                 # CUDA only
+        assert r["compiled_time_ratio"] is None and r["compile_error"] is None   # no --compile
+    assert eager["infer_time_ratio_vs_eager"] == 1.0 and sdpa["time_ratio_vs_sdpa"] == 1.0
+    assert "infer time / eager" in md and "compiled" not in md
+
+
+def test_without_sdpa_the_sdpa_ratio_is_null(tmp_path):
+    records, _ = _run(tmp_path, ["--policy", "exact"])
+    assert [r["policy"] for r in records] == ["eager", "exact"]
+    assert all(r["time_ratio_vs_sdpa"] is None for r in records)
+
+
+def test_compile_reports_a_ratio_or_the_error_per_policy(tmp_path, monkeypatch):
+    """A policy that compiles gets a positive ratio; one that cannot is recorded, not fatal."""
+    from softmax_approx.bench import attention as mod
+
+    real = mod.attention
+
+    def data_dependent(q, k, v, **kw):                       # a graph break: fails fullgraph=True
+        if kw.get("policy") == "exact" and q.sum() > -1e9:
+            return real(q, k, v, **kw)
+        return real(q, k, v, **kw)
+
+    monkeypatch.setattr(mod, "attention", data_dependent)
+    records, md = _run(tmp_path, ["--policy", "exact", "--compile", "--compile-backend", "aot_eager"])
+    eager, exact = records
+    assert exact["compiled_time_ratio"] is None and exact["compiled_seconds_fwd_bwd"] is None
+    assert isinstance(exact["compile_error"], str) and "\n" not in exact["compile_error"]
+    if eager["compile_error"] is None:                       # the core compiles with fullgraph=True
+        assert eager["compiled_time_ratio"] == pytest.approx(eager["compiled_seconds_fwd_bwd"] / eager["seconds_fwd_bwd"])
+        assert eager["compile_seconds_first_call"] > 0
+    else:                                                    # before the core supports torch.compile
+        assert eager["compiled_time_ratio"] is None
+    assert "| random | 16 | exact |" in md and "Compile errors" in md and f"- exact: `{exact['compile_error']}`" in md
+
+
+def test_amp_autocasts_fp32_inputs(tmp_path):
+    records, _ = _run(tmp_path, ["--policy", "paper:S=2", "--amp", "bf16"])
+    for r in records:
+        assert r["dtype"] == "fp32" and r["amp"] == "bf16"
+        assert 0.98 < r["grad_cosine"] < 1.0                  # bf16 rounding: close, never exact
+    assert records[1]["grad_rel_err"] > 1e-3                  # exact policy, bf16 matmuls: not fp32's 1e-7
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--amp", "bf16", "--dtype", "bf16"], "--amp bf16 autocasts fp32 inputs"),
+    (["--repeats", "0"], "--repeats must be >= 1"),
+])
+def test_bench_rejects_bad_amp_and_repeats(argv, fragment, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(argv)
+    assert exc.value.code == 2
+    assert fragment in capsys.readouterr().err

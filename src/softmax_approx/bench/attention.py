@@ -9,9 +9,25 @@ One attention call (B, H, n, head_dim) per policy and sequence length, all in on
 * ``reduction_vs_eager``      1 - state bytes / eager's state bytes (same for ``_vs_exact``);
 * ``module_reduction_vs_eager`` the same on ``attention_saved_bytes``;
 * ``time_ratio_vs_eager``     median forward+backward time over eager's (same process);
+                              ``time_ratio_vs_sdpa`` the same over sdpa's (null without sdpa);
+* ``infer_time_ratio_vs_eager`` median gradient-free forward time (``torch.no_grad()``, inputs
+                              not requiring grad, ``training=False``: validation, testing,
+                              decoding) over eager's gradient-free forward (eager: 1.0);
+* ``peak_bytes_fwd_bwd``      CUDA only (null elsewhere): ``torch.cuda.max_memory_allocated``
+                              during one forward+backward, minus what was allocated before it
+                              (inputs), so the gradients of q, k, v are included;
+* ``compiled_time_ratio``     with ``--compile``: forward+backward of
+                              ``torch.compile(fn, fullgraph=True)`` (fn calls ``attention`` with
+                              the policy and dropout; warmed up first) over the uncompiled
+                              forward+backward of the same policy; ``compile_error`` holds the
+                              one-line error instead when the policy does not compile (null
+                              without ``--compile``);
 * ``grad_cosine``, ``grad_rel_err``  the concatenated q, k, v gradients against a float64
                               exact reference (measured with dropout off: dropout is exact in
                               every fused policy, and eager/sdpa draw masks we cannot replay).
+
+``--amp bf16`` runs every call under ``torch.autocast`` with fp32 inputs (mixed precision, as
+training with ``precision=bf16-mixed`` does); ``--dtype`` instead casts the inputs.
 
 Logits generators (q, k ~ N(0, sigma^2), scores = q.k / sqrt(head_dim) have std sigma^2):
 ``random`` sigma = 1 (flat rows, std 1), ``peaked`` sigma = 2 (std 4: a few keys dominate,
@@ -21,6 +37,7 @@ as in trained attention).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -30,6 +47,7 @@ import torch
 
 from ..core import ActivationMeter, attention, make_policy
 from ..utils.atomic import write_text
+from ..utils.errors import one_line
 
 DEFAULT_POLICIES = ("eager", "exact", "paper:S=5", "topk:keep_ratio=0.125", "quant:bits=8", "quant:bits=4", "recompute", "sdpa")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -56,40 +74,118 @@ def make_qkv(batch, heads, n, head_dim, logits, dtype, device, seed):
     return q * sigma, k * sigma, v
 
 
-def saved_bytes(q, k, v, dropout_p, name, params):
-    ins = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-    with ActivationMeter() as meter:
+def autocast(device: torch.device, amp: str | None):
+    """`torch.autocast` to the `amp` dtype on `device`, or nothing when amp is None."""
+    return torch.autocast(device.type, dtype=DTYPES[amp]) if amp else contextlib.nullcontext()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(step, repeats: int, device: torch.device, warmup: int = 1) -> float:
+    """Median wall time of `step()` over `repeats` calls after `warmup` untimed ones."""
+    times = []
+    for i in range(warmup + repeats):
+        _sync(device)
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _leaves(q, k, v):
+    return [t.detach().clone().requires_grad_() for t in (q, k, v)]
+
+
+def saved_bytes(q, k, v, dropout_p, name, params, amp=None):
+    ins = _leaves(q, k, v)
+    with ActivationMeter() as meter, autocast(q.device, amp):
         out = attention(*ins, dropout_p=dropout_p, policy=name, **params)
     report = meter.report()
     del out
     return report.softmax_state_bytes, report.attention_bytes
 
 
-def time_fwd_bwd(q, k, v, dropout_p, name, params, repeats):
-    ins = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-    grad = torch.randn_like(q)
-    times = []
-    for i in range(repeats + 1):
-        if q.is_cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = attention(*ins, dropout_p=dropout_p, policy=name, **params)
-        out.backward(grad)
-        if q.is_cuda:
-            torch.cuda.synchronize()
-        if i:                                                   # first call is warm-up
-            times.append(time.perf_counter() - start)
+def fwd_bwd_step(fn, q, k, v, amp=None):
+    """A callable running one forward+backward of `fn(q, k, v)` on fresh leaves' copies."""
+    ins = _leaves(q, k, v)
+    grad = torch.randn(q.shape[:-1] + v.shape[-1:], generator=torch.Generator().manual_seed(2)).to(q)
+
+    def step():
+        with autocast(q.device, amp):
+            out = fn(*ins)
+        out.backward(grad if out.dtype == grad.dtype else grad.to(out.dtype))
         for t in ins:
             t.grad = None
-    return statistics.median(times)
+    return step
 
 
-def grad_fidelity(q, k, v, name, params):
+def time_fwd_bwd(q, k, v, dropout_p, name, params, repeats, amp=None):
+    fn = lambda *t: attention(*t, dropout_p=dropout_p, policy=name, **params)  # noqa: E731
+    return median_seconds(fwd_bwd_step(fn, q, k, v, amp), repeats, q.device)
+
+
+def time_infer(q, k, v, dropout_p, name, params, repeats, amp=None):
+    """Gradient-free forward: no_grad, inputs not requiring grad, training=False."""
+    ins = [t.detach() for t in (q, k, v)]
+
+    def step():
+        with torch.no_grad(), autocast(q.device, amp):
+            attention(*ins, dropout_p=dropout_p, policy=name, training=False, **params)
+    return median_seconds(step, repeats, q.device)
+
+
+def peak_bytes(q, k, v, dropout_p, name, params, amp=None) -> int | None:
+    """CUDA peak allocated during one forward+backward above the baseline; None off CUDA."""
+    if q.device.type != "cuda":
+        return None
+    fn = lambda *t: attention(*t, dropout_p=dropout_p, policy=name, **params)  # noqa: E731
+    step = fwd_bwd_step(fn, q, k, v, amp)
+    step()                                                      # warm-up: workspaces, autotuning
+    _sync(q.device)
+    torch.cuda.reset_peak_memory_stats(q.device)
+    base = torch.cuda.memory_allocated(q.device)
+    step()
+    _sync(q.device)
+    return torch.cuda.max_memory_allocated(q.device) - base
+
+
+def time_compiled(q, k, v, dropout_p, name, params, repeats, amp=None,
+                  backend: str = "inductor") -> tuple[float | None, float | None, str | None]:
+    """(median compiled fwd+bwd seconds, first-call seconds incl. compilation, error).
+
+    Dynamo's caches are reset first so every policy compiles from scratch (one code object is
+    shared by all policies, and its recompile limit would otherwise silently fall back to eager).
+    """
+    torch._dynamo.reset()
+    fn = torch.compile(lambda *t: attention(*t, dropout_p=dropout_p, policy=name, **params),
+                       fullgraph=True, backend=backend)
+    step = fwd_bwd_step(fn, q, k, v, amp)
+    try:
+        _sync(q.device)
+        start = time.perf_counter()
+        step()                                                  # compiles forward and backward
+        _sync(q.device)
+        first = time.perf_counter() - start
+        return median_seconds(step, repeats, q.device), first, None
+    except Exception as err:                                    # noqa: BLE001 - recorded per row
+        return None, None, one_line(err)[:500]
+    finally:
+        torch._dynamo.reset()
+
+
+def grad_fidelity(q, k, v, name, params, amp=None):
     grad = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(q)
     ref = [t.detach().double().requires_grad_() for t in (q, k, v)]
     want = torch.autograd.grad(attention(*ref, policy="exact"), ref, grad.double())
-    ins = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-    got = torch.autograd.grad(attention(*ins, policy=name, **params), ins, grad)
+    ins = _leaves(q, k, v)
+    with autocast(q.device, amp):
+        out = attention(*ins, policy=name, **params)
+    got = torch.autograd.grad(out, ins, grad.to(out.dtype))
     g = torch.cat([t.double().flatten() for t in got])
     w = torch.cat([t.flatten() for t in want])
     cosine = torch.nn.functional.cosine_similarity(g, w, dim=0).item()
@@ -97,70 +193,118 @@ def grad_fidelity(q, k, v, name, params):
     return cosine, rel_err
 
 
+def measure(q, k, v, name: str, params: dict, args) -> dict:
+    """Every figure of one policy on one input (the derived ratios are added by `run`)."""
+    amp, p, reps = args.amp, args.dropout, args.repeats
+    state, module = saved_bytes(q, k, v, p, name, params, amp)
+    seconds = time_fwd_bwd(q, k, v, p, name, params, reps, amp)
+    cosine, rel_err = grad_fidelity(q, k, v, name, params, amp)
+    rec = {
+        "state_bytes": state, "attention_saved_bytes": module, "seconds_fwd_bwd": seconds,
+        "seconds_infer": time_infer(q, k, v, p, name, params, reps, amp),
+        "peak_bytes_fwd_bwd": peak_bytes(q, k, v, p, name, params, amp),
+        "grad_cosine": cosine, "grad_rel_err": rel_err,
+        "compiled_seconds_fwd_bwd": None, "compile_seconds_first_call": None,
+        "compiled_time_ratio": None, "compile_error": None,
+    }
+    if args.compile:
+        compiled, first, error = time_compiled(q, k, v, p, name, params, reps, amp, args.compile_backend)
+        rec.update(compiled_seconds_fwd_bwd=compiled, compile_seconds_first_call=first, compile_error=error,
+                   compiled_time_ratio=None if compiled is None else compiled / seconds)
+    return rec
+
+
+def _base(records: list[dict], rec: dict, policy: str) -> dict | None:
+    """The unparameterised `policy` record measured on the same input as `rec`."""
+    same = ("seq_len", "logits", "dtype", "amp", "device")
+    return next((r for r in records if r["policy"] == policy and not r["params"]
+                 and all(r[key] == rec[key] for key in same)), None)
+
+
 def run(args) -> list[dict]:
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
     policies = [parse_policy(p) for p in (args.policy or DEFAULT_POLICIES)]
-    if not any(name == "eager" for name, _ in policies):
+    if not any(name == "eager" and not params for name, params in policies):
         policies.insert(0, ("eager", {}))
-    if not any(name == "exact" for name, _ in policies):
+    if not any(name == "exact" and not params for name, params in policies):
         policies.insert(1, ("exact", {}))
     records = []
     for logits in args.logits:
         for n in args.seq_len:
             q, k, v = (t.to(device, dtype) for t in make_qkv(args.batch, args.heads, n, args.head_dim, logits, dtype, device, args.seed))
             scores = args.batch * args.heads * n * n
-            base = {}
             for name, params in policies:
-                state, module = saved_bytes(q, k, v, args.dropout, name, params)
-                seconds = time_fwd_bwd(q, k, v, args.dropout, name, params, args.repeats)
-                cosine, rel_err = grad_fidelity(q, k, v, name, params)
                 rec = {
                     "policy": name, "params": params, "seq_len": n, "batch": args.batch,
                     "heads": args.heads, "head_dim": args.head_dim, "dropout_p": args.dropout,
-                    "dtype": args.dtype, "device": device.type, "logits": logits,
-                    "state_bytes": state, "state_bytes_per_score": state / scores,
-                    "attention_saved_bytes": module, "seconds_fwd_bwd": seconds,
-                    "grad_cosine": cosine, "grad_rel_err": rel_err,
+                    "dtype": args.dtype, "amp": args.amp, "device": device.type, "logits": logits,
+                    **measure(q, k, v, name, params, args),
                 }
-                if name in ("eager", "exact") and not params:
-                    base.setdefault(name, rec)
-                rec["reduction_vs_eager"] = 1 - state / base["eager"]["state_bytes"]
-                rec["reduction_vs_exact"] = 1 - state / base["exact"]["state_bytes"] if "exact" in base else None
-                rec["module_reduction_vs_eager"] = 1 - module / base["eager"]["attention_saved_bytes"]
-                rec["time_ratio_vs_eager"] = seconds / base["eager"]["seconds_fwd_bwd"]
+                rec["state_bytes_per_score"] = rec["state_bytes"] / scores
+                eager = _base(records, rec, "eager") or rec              # eager is measured first
+                rec["reduction_vs_eager"] = 1 - rec["state_bytes"] / eager["state_bytes"]
+                rec["module_reduction_vs_eager"] = 1 - rec["attention_saved_bytes"] / eager["attention_saved_bytes"]
+                rec["time_ratio_vs_eager"] = rec["seconds_fwd_bwd"] / eager["seconds_fwd_bwd"]
+                rec["infer_time_ratio_vs_eager"] = rec["seconds_infer"] / eager["seconds_infer"]
+                exact = _base(records, rec, "exact") or (rec if name == "exact" and not params else None)
+                rec["reduction_vs_exact"] = None if exact is None else 1 - rec["state_bytes"] / exact["state_bytes"]
                 records.append(rec)
                 print(format_row(rec), flush=True)
-    for rec in records:                                          # exact was measured after eager
-        exact = next(r for r in records if r["policy"] == "exact" and r["seq_len"] == rec["seq_len"] and r["logits"] == rec["logits"])
+    for rec in records:                       # exact and sdpa may come after a policy: fill in
+        exact, sdpa = _base(records, rec, "exact"), _base(records, rec, "sdpa")
         rec["reduction_vs_exact"] = 1 - rec["state_bytes"] / exact["state_bytes"]
+        rec["time_ratio_vs_sdpa"] = None if sdpa is None else rec["seconds_fwd_bwd"] / sdpa["seconds_fwd_bwd"]
     return records
 
 
-HEADER = f"{'logits':7} {'n':>5} {'policy':24} {'B/score':>8} {'red.eager':>9} {'red.exact':>9} {'mod.red':>8} {'time x':>7} {'cos':>8} {'rel.err':>8}"
+def _label(r: dict) -> str:
+    return r["policy"] + ("(" + ",".join(f"{k}={v}" for k, v in r["params"].items()) + ")" if r["params"] else "")
+
+
+def _num(x, fmt: str) -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
+def _compiled(r: dict) -> str:
+    """The compiled ratio, 'failed' when compilation failed, '' when --compile was not given."""
+    if r.get("compile_error"):
+        return "failed"
+    return "" if r.get("compiled_time_ratio") is None else f"{r['compiled_time_ratio']:.2f}"
+
+
+HEADER = (f"{'logits':7} {'n':>5} {'policy':24} {'B/score':>8} {'red.eager':>9} {'red.exact':>9} {'mod.red':>8} "
+          f"{'time x':>7} {'infer x':>7} {'compiled':>8} {'cos':>8} {'rel.err':>8}")
 
 
 def format_row(r: dict) -> str:
-    label = r["policy"] + ("(" + ",".join(f"{k}={v}" for k, v in r["params"].items()) + ")" if r["params"] else "")
-    red_exact = "" if r["reduction_vs_exact"] is None else f"{r['reduction_vs_exact']:.3f}"
+    """One progress line (the ratio vs exact is final only after `run` fills it in)."""
     return (
-        f"{r['logits']:7} {r['seq_len']:>5} {label:24} {r['state_bytes_per_score']:8.3f} "
-        f"{r['reduction_vs_eager']:9.3f} {red_exact:>9} {r['module_reduction_vs_eager']:8.3f} "
-        f"{r['time_ratio_vs_eager']:7.2f} {r['grad_cosine']:8.5f} {r['grad_rel_err']:8.4f}"
+        f"{r['logits']:7} {r['seq_len']:>5} {_label(r):24} {r['state_bytes_per_score']:8.3f} "
+        f"{r['reduction_vs_eager']:9.3f} {_num(r['reduction_vs_exact'], '.3f'):>9} {r['module_reduction_vs_eager']:8.3f} "
+        f"{r['time_ratio_vs_eager']:7.2f} {r['infer_time_ratio_vs_eager']:7.2f} {_compiled(r):>8} "
+        f"{r['grad_cosine']:8.5f} {r['grad_rel_err']:8.4f}"
     )
 
 
 def markdown_table(records: list[dict]) -> str:
+    """The records as one markdown table; compile errors listed below it, one line each."""
+    compiled = any(r.get("compile_error") or r.get("compiled_time_ratio") is not None for r in records)
     cols = ["logits", "seq_len", "policy", "state B/score", "reduction vs eager", "reduction vs exact",
-            "module reduction vs eager", "time / eager", "grad cosine", "grad rel. err"]
+            "module reduction vs eager", "time / eager", "infer time / eager",
+            *(["compiled / uncompiled"] if compiled else []), "grad cosine", "grad rel. err"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in records:
-        label = r["policy"] + ("(" + ",".join(f"{k}={v}" for k, v in r["params"].items()) + ")" if r["params"] else "")
-        lines.append(
-            f"| {r['logits']} | {r['seq_len']} | {label} | {r['state_bytes_per_score']:.3f} | "
-            f"{r['reduction_vs_eager']:.3f} | {r['reduction_vs_exact']:.3f} | {r['module_reduction_vs_eager']:.3f} | "
-            f"{r['time_ratio_vs_eager']:.2f} | {r['grad_cosine']:.5f} | {r['grad_rel_err']:.4f} |"
-        )
+        cells = [r["logits"], r["seq_len"], _label(r), f"{r['state_bytes_per_score']:.3f}",
+                 f"{r['reduction_vs_eager']:.3f}", _num(r["reduction_vs_exact"], ".3f"),
+                 f"{r['module_reduction_vs_eager']:.3f}", f"{r['time_ratio_vs_eager']:.2f}",
+                 f"{r['infer_time_ratio_vs_eager']:.2f}", *([_compiled(r)] if compiled else []),
+                 f"{r['grad_cosine']:.5f}", f"{r['grad_rel_err']:.4f}"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    errors = {(_label(r), r["compile_error"]) for r in records if r.get("compile_error")}
+    if errors:
+        lines += ["", "Compile errors (`torch.compile(fullgraph=True)`):", ""]
+        lines += [f"- {label}: `{error}`" for label, error in sorted(errors)]
     return "\n".join(lines)
 
 
@@ -173,11 +317,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--dropout", type=float, default=0.1)
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="dtype the inputs are cast to")
+    p.add_argument("--amp", choices=["bf16", "fp16"], default=None,
+                   help="run every call under torch.autocast to this dtype (fp32 inputs; needs --dtype fp32)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--logits", nargs="+", choices=sorted(LOGIT_SIGMA), default=["random", "peaked"])
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", action="store_true",
+                   help="also time torch.compile(fullgraph=True) forward+backward per policy (compiled_time_ratio)")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend for --compile (aot_eager: tracing only, no code generation)")
     p.add_argument("--json", help="write the records to this JSON file (atomically)")
     p.add_argument("--markdown", help="write a markdown table to this file")
     return p
@@ -192,13 +342,20 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--seq-len must be >= 1, got {n}")
         if not 0 <= args.dropout < 1:
             raise ValueError(f"--dropout must be in [0, 1), got {args.dropout}")
+        if args.repeats < 1:
+            raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+        if args.amp and args.dtype != "fp32":
+            raise ValueError(f"--amp {args.amp} autocasts fp32 inputs: drop --dtype {args.dtype} (or --amp)")
+        if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available; use --device cpu")
         for spec in args.policy or []:
             parse_policy(spec)
     except ValueError as err:
         parser.exit(2, f"error: {err}\n")
     torch.manual_seed(args.seed)
-    print(f"# {args.device} {args.dtype} batch={args.batch} heads={args.heads} head_dim={args.head_dim} "
-          f"dropout={args.dropout} threads={torch.get_num_threads()} torch={torch.__version__}", flush=True)
+    print(f"# {args.device} {args.dtype}{' autocast ' + args.amp if args.amp else ''} batch={args.batch} heads={args.heads} head_dim={args.head_dim} "
+          f"dropout={args.dropout} threads={torch.get_num_threads()} torch={torch.__version__}"
+          f"{' compile' if args.compile else ''}", flush=True)
     print(HEADER, flush=True)
     records = run(args)
     if args.json:
