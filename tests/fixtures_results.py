@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from softmax_approx.report.definitions import build_plan, load_common, load_experiments
+from softmax_approx.utils.run_record import RunRecord, write_results
 
 FAILED = ("sst2", "recompute", 0)  # (task, policy, seed) written as failed
 
@@ -52,21 +53,21 @@ def results_json(task: str, policy: str, params: dict[str, Any], seed: int, prof
     if kind == "translation":  # per attention kind, as the translation task reports it
         memory["by_kind"] = {k: {"bytes": attn // d, "softmax_state_bytes": attn // (2 * d), "n_modules": 2}
                              for k, d in (("encoder_self", 3), ("decoder_self", 4), ("cross", 5))}
-    return {
-        "schema": 1, "status": status,
-        "error": "RuntimeError: fixture crash" if status == "failed" else None,
-        "task": task, "task_kind": kind, "policy": policy, "policy_params": params,
-        "seed": seed, "profile": profile, "experiment": None, "tags": [], "run_dir": "",
-        "job_id": f"{task}-{policy}-{seed}",
-        "metrics": metrics if status == "completed" else {},
-        "memory": memory,
-        "timing": {"train_seconds": 1.0, "step_seconds_median": 0.1, "tokens_per_second": 100.0},
-        "params": {"total": 1000, "trainable": 1000},
-        "fidelity": fid, "config": {"seed": seed},
-        "provenance": {"git_commit": None, "git_dirty": False, "packages": {}, "python": "3.11",
-                       "hardware": {"device": "cpu"}, "started": "2026-01-01T00:00:00",
-                       "finished": "2026-01-01T00:01:00"},
-    }
+    return RunRecord(
+        status=status,
+        error="RuntimeError: fixture crash" if status == "failed" else None,
+        task=task, task_kind=kind, policy=policy, policy_params=params,
+        seed=seed, profile=profile, experiment=None, tags=[], run_dir="",
+        job_id=f"{task}-{policy}-{seed}",
+        metrics=metrics if status == "completed" else {},
+        memory=memory,
+        timing={"train_seconds": 1.0, "step_seconds_median": 0.1, "tokens_per_second": 100.0},
+        params={"total": 1000, "trainable": 1000},
+        fidelity=fid, config={"seed": seed},
+        provenance={"git_commit": None, "git_dirty": False, "packages": {}, "python": "3.11",
+                    "hardware": {"device": "cpu"}, "started": "2026-01-01T00:00:00",
+                    "finished": "2026-01-01T00:01:00"},
+    ).to_dict()
 
 
 def write_fixture_runs(out: Path, profile: str = "smoke", exp_dir: Path | None = None,
@@ -80,9 +81,8 @@ def write_fixture_runs(out: Path, profile: str = "smoke", exp_dir: Path | None =
         data = results_json(spec.task, spec.setting.policy, spec.setting.params_dict, spec.seed,
                             profile, status)
         d = plan.run_dir(out, key)
-        d.mkdir(parents=True, exist_ok=True)
         data["run_dir"] = str(d)
-        (d / "results.json").write_text(json.dumps(data))
+        write_results(d / "results.json", RunRecord.from_dict(data))  # the harness's own writer
         written.append(data)
     return written
 

@@ -240,8 +240,8 @@ def test_atomic_write_keeps_the_old_file_on_error(tmp_path, writer):
 
 def test_results_written_running_first_and_completed_last(tmp_path, data_dir, monkeypatch):
     seen = []
-    real = train_mod.write_json_atomic
-    monkeypatch.setattr(train_mod, "write_json_atomic", lambda p, rec: (seen.append(rec["status"]), real(p, rec))[1])
+    real = train_mod.write_results
+    monkeypatch.setattr(train_mod, "write_results", lambda p, rec: (seen.append(rec.status), real(p, rec))[1])
     train(compose_cfg([], tmp_path / "a", data_dir))
     assert seen == ["running", "completed"]
     seen.clear()

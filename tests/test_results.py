@@ -10,25 +10,76 @@ import pytest
 
 from softmax_approx.train import NoBestCheckpoint, train
 from softmax_approx.harness.results import load_results, write_json_atomic
+from softmax_approx.utils.run_record import (
+    SCHEMA_VERSION,
+    ResultsError,
+    RunRecord,
+    read_results,
+    write_results,
+)
 
 
 def test_atomic_write_leaves_no_temp_and_replaces(tmp_path):
     p = tmp_path / "results.json"
     write_json_atomic(p, {"a": 1, "nan": float("nan")})
     write_json_atomic(p, {"a": 2})
-    assert load_results(p) == {"a": 2}
+    assert json.loads(p.read_text()) == {"a": 2}
     assert [f.name for f in tmp_path.iterdir()] == ["results.json"]
-    assert json.loads(json.dumps(load_results(p)))  # plain JSON, no NaN tokens
+    write_json_atomic(p, {"nan": float("nan"), "inf": [float("inf")]})
+    assert json.loads(p.read_text()) == {"nan": None, "inf": [None]}  # strict JSON, no NaN tokens
+
+
+def test_record_round_trip_keeps_fields_and_extras(tmp_path):
+    rec = RunRecord(task="sst2", policy="paper", policy_params={"S": 5}, seed=3, metrics={"test/acc": 0.5})
+    rec.update(resumed_from="x.ckpt", test_split="test2016", memory={"attention_bytes": 7})
+    assert rec.memory == {"attention_bytes": 7} and rec.extra == {"resumed_from": "x.ckpt", "test_split": "test2016"}
+    rec.finish("completed")
+    write_results(tmp_path / "results.json", rec)
+    data = json.loads((tmp_path / "results.json").read_text())
+    # the keys of the first files stay, extras at the top level, plus schema_version
+    assert data["schema"] == data["schema_version"] == SCHEMA_VERSION
+    assert data["resumed_from"] == "x.ckpt" and "extra" not in data
+    back = read_results(tmp_path / "results.json")
+    assert back == rec and back.provenance["finished"]
+
+
+def test_reader_fills_missing_fields_and_refuses_newer_or_broken_files(tmp_path):
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"schema": 1, "status": "failed", "task": "imdb", "returncode": 1}))
+    rec = read_results(old)  # a first-version file of few keys (reproduce's record of a dead run)
+    assert (rec.status, rec.task, rec.metrics, rec.extra) == ("failed", "imdb", {}, {"returncode": 1})
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps({"schema_version": SCHEMA_VERSION + 1, "status": "completed"}))
+    with pytest.raises(ResultsError, match=r"new.json: results schema .* upgrade softmax-approx"):
+        read_results(new)
+    torn = tmp_path / "torn.json"
+    torn.write_text('{"status": "compl')
+    with pytest.raises(ResultsError, match="torn.json: not valid JSON") as info:
+        read_results(torn)
+    assert "\n" not in str(info.value)
+    (tmp_path / "list.json").write_text("[1]")
+    with pytest.raises(ResultsError, match="not a JSON object"):
+        read_results(tmp_path / "list.json")
+
+
+def test_sweep_failed_record_without_a_usable_config(tmp_path):
+    from omegaconf import OmegaConf
+
+    from softmax_approx.harness.sweep import failed_record
+
+    rec = failed_record(OmegaConf.create({"seed": 0}), tmp_path, "sweep/3", "ConfigError: bad")
+    assert (rec.status, rec.error, rec.job_id, rec.run_dir) == ("failed", "ConfigError: bad", "sweep/3", str(tmp_path))
+    assert rec.provenance["finished"] is not None
 
 
 def test_results_schema_and_provenance(make_cfg, tmp_path):
     _, objects = train(make_cfg(["attention=paper", "seed=0", "tags=[unit]"]))
     rec = load_results(tmp_path / "results.json")
-    for key in ("schema", "status", "error", "task", "task_kind", "policy", "policy_params", "seed", "profile",
+    for key in ("schema", "schema_version", "status", "error", "task", "task_kind", "policy", "policy_params", "seed", "profile",
                 "experiment", "tags", "run_dir", "job_id", "metrics", "memory", "timing", "params", "fidelity",
                 "config", "provenance"):
         assert key in rec, key
-    assert rec["schema"] == 1 and rec["policy_params"] == {"S": 5} and rec["profile"] == "smoke"
+    assert rec["schema"] == rec["schema_version"] == 1 and rec["policy_params"] == {"S": 5} and rec["profile"] == "smoke"
     assert rec["seed"] == 0 and rec["tags"] == ["unit"] and rec["run_dir"] == str(tmp_path)
     assert rec["config"]["attention"] == {"name": "paper", "params": {"S": 5}} and "hydra" not in rec["config"]
     prov = rec["provenance"]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import re
 import subprocess
@@ -42,6 +41,7 @@ from softmax_approx.report.definitions import (
 )
 from softmax_approx.report.io import write_json
 from softmax_approx.utils.errors import UserError
+from softmax_approx.utils.run_record import RunRecord, read_results, write_results
 
 # The training command; tests point it at a fake train script.
 TRAIN_COMMAND: list[str] = [sys.executable, "-m", "softmax_approx.train"]
@@ -60,10 +60,10 @@ def _quote(value: str) -> str:
 def read_status(path: Path) -> str:
     """`completed`, `failed`, `running` (a crashed or live run) or `missing`."""
     try:
-        return str(json.loads(path.read_text()).get("status", "failed"))
+        return read_results(path).status
     except FileNotFoundError:
         return "missing"
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # ResultsError (unreadable, newer schema) is a ValueError
         return "failed"
 
 
@@ -167,24 +167,20 @@ def _finish(job: Job, rc: int, note: str = "") -> None:
         return
     tail = _tail(job.run_dir / LOG_NAME)
     last = next((ln.strip() for ln in reversed(tail.splitlines()) if ln.strip()), "")
-    try:
-        record = json.loads(res.read_text()) if status != "missing" else {}
-    except (OSError, ValueError):
-        record = {}
     spec = job.spec
-    record = {
-        "schema": 1, "task": spec.task, "policy": spec.setting.policy,
-        "policy_params": spec.setting.params_dict, "seed": spec.seed, "profile": None,
-        "experiment": job.owner, "tags": [], "run_dir": str(job.run_dir), "job_id": spec.key,
-        "metrics": {}, "memory": {}, "fidelity": None, **record,
-    }
-    record["profile"] = record["profile"] or _profile_of(spec)
-    record["status"] = "failed"
-    if status != "failed" or not record.get("error"):
-        record["error"] = note or f"train exited with code {rc} without a completed results.json: {last}"
-    record["returncode"] = rc
-    record["stderr_tail"] = tail
-    write_json(res, record)
+    # what train left (a `running` or `failed` record), over what the plan knows of the run
+    record = RunRecord(task=spec.task, policy=spec.setting.policy, policy_params=spec.setting.params_dict,
+                       seed=spec.seed, experiment=job.owner, run_dir=str(job.run_dir), job_id=spec.key, memory={})
+    try:
+        if status != "missing":
+            record.update(**read_results(res).to_dict())
+    except (OSError, ValueError):
+        pass
+    record.profile = record.profile or _profile_of(spec)
+    error = record.error if status == "failed" and record.error else None
+    record.finish("failed", error or note or f"train exited with code {rc} without a completed results.json: {last}")
+    record.update(returncode=rc, stderr_tail=tail)
+    write_results(res, record)
     job.status = "failed"
 
 

@@ -32,15 +32,9 @@ from softmax_approx.harness.distributed import DistributedJob
 from softmax_approx.harness import sweep as sweep_summary
 from softmax_approx.harness.callbacks import FaultInjection, LastCheckpoint
 from softmax_approx.utils.errors import UserError, one_line
+from softmax_approx.utils.run_record import RunRecord
 from softmax_approx.harness.instantiate import instantiate_callbacks, instantiate_loggers, instantiate_model
-from softmax_approx.harness.results import (
-    finish_record,
-    jsonable,
-    new_record,
-    resolved_config,
-    results_path,
-    write_json_atomic,
-)
+from softmax_approx.harness.results import jsonable, new_record, resolved_config, results_path, write_results
 from softmax_approx.harness.resume import decide, read_record
 from softmax_approx.harness.validation import CONF_DIR, validate_config
 
@@ -86,9 +80,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     # DDP: every rank runs this function; only global rank 0 writes results.json (docs/scaleout.md)
     ddp = DistributedJob.start()
     record = new_record(cfg, run_dir, job_id)
-    record["resumed_from"] = decision.ckpt_path
+    record.update(resumed_from=decision.ckpt_path)
     if ddp.is_global_zero:
-        write_json_atomic(out_path, record)
+        write_results(out_path, record)
     objects: dict[str, Any] = {"cfg": cfg}
     try:
         datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.task.datamodule, _convert_="all")
@@ -116,10 +110,10 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
             callbacks.append(FaultInjection(fault.get("fail_at_step"), fault.get("nan_at_step")))
         trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         objects.update(datamodule=datamodule, model=module, trainer=trainer, callbacks=callbacks, loggers=loggers)
-        record["params"] = module.param_counts()
+        record.params = module.param_counts()
         for lg in loggers:
-            lg.log_hyperparams({"params/total": record["params"]["total"], "params/trainable": record["params"]["trainable"],
-                                "cfg": record["config"]})
+            lg.log_hyperparams({"params/total": record.params["total"], "params/trainable": record.params["trainable"],
+                                "cfg": record.config})
 
         metrics: dict[str, float] = {}
         if cfg.get("train"):
@@ -133,8 +127,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
                     metrics.update(cb.restored_metrics)
             metrics.update(_floats(trainer.callback_metrics))
             stats = module.run_stats()
-            record.update(memory=stats["memory"], fidelity=stats["fidelity"], params=stats["params"])
-            record["timing"] = {"train_seconds": train_seconds, **stats["timing"]}
+            record.update(memory=stats["memory"], fidelity=stats["fidelity"], params=stats["params"],
+                          timing={"train_seconds": train_seconds, **stats["timing"]})
         if cfg.get("test"):
             ckpt_path = None
             if cfg.test_weights == "best":
@@ -144,7 +138,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
                         f"no best checkpoint on {cfg.task.metric} was saved (was validation run? "
                         "check trainer.limit_val_batches / val_check_interval); refusing to test the last weights"
                     )
-            record["test_weights"] = ckpt_path or "current"
+            record.test_weights = ckpt_path or "current"
             trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
             metrics.update(_floats(trainer.callback_metrics))
             # Fields Lightning's numeric logging cannot carry (e.g. translation's sacreBLEU
@@ -152,31 +146,31 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
             if callable(getattr(module, "results_fields", None)):
                 extra = dict(module.results_fields())
                 metrics.update(extra.pop("metrics", {}))
-                record.update(extra)
-        record["metrics"] = dict(sorted(metrics.items()))
+                record.update(**extra)
+        record.metrics = dict(sorted(metrics.items()))
         _log_run_figures(loggers, record, step=trainer.global_step)
-        finish_record(record, "completed")
+        record.finish("completed")
         if ddp.is_global_zero:
-            write_json_atomic(out_path, record)
-        objects["record"] = record
+            write_results(out_path, record)
+        objects["record"] = record.to_dict()
         return metrics, objects
     except BaseException as e:
-        finish_record(record, "failed", one_line(e))
+        record.finish("failed", one_line(e))
         if ddp.is_global_zero:
-            write_json_atomic(out_path, record)
+            write_results(out_path, record)
         raise
     finally:
-        _finish_wandb(record["status"])
+        _finish_wandb(record.status)
         ddp.end(objects.get("trainer"))
 
 
-def _log_run_figures(loggers: list, record: dict, step: int) -> None:
+def _log_run_figures(loggers: list, record: RunRecord, step: int) -> None:
     """Send the per-run memory and timing figures to every logger (W&B, CSV), so tables read
     back from W&B (``report --from-wandb``) have them too: ``memory/<name>``, ``timing/<name>``."""
     figures = {
         f"{group}/{key}": float(value)
         for group in ("memory", "timing")
-        for key, value in (record.get(group) or {}).items()
+        for key, value in (getattr(record, group) or {}).items()
         if isinstance(value, (int, float)) and not isinstance(value, bool)
     }
     if not figures:
@@ -243,7 +237,7 @@ def _record_failure(cfg: DictConfig, e: BaseException) -> None:
     path = results_path(run_dir)
     rec = read_record(path)
     if rec is None or rec.get("status") != "failed":
-        write_json_atomic(path, sweep_summary.failed_record(cfg, run_dir, job_id, error))
+        write_results(path, sweep_summary.failed_record(cfg, run_dir, job_id, error))
 
 
 def _release_memory() -> None:

@@ -6,22 +6,19 @@ Why: a results.json without the code version and machine cannot be compared or r
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from softmax_approx.utils.run_record import now_iso  # noqa: F401  (one clock format)
+
 PACKAGES = (
     "softmax-approx", "torch", "lightning", "torchmetrics", "hydra-core", "omegaconf", "wandb",
     "tokenizers", "sacrebleu", "numpy",
 )
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _git(*args: str) -> str | None:

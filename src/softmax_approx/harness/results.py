@@ -1,43 +1,24 @@
-"""results.json: one record per run, written atomically (schema in docs/architecture.md).
-
-Why atomic: a sweep may be killed at any moment and the report aggregates whatever is on
-disk; a half-written file must never be read as a result. We write a temp file in the same
-directory and ``os.replace`` it (atomic on POSIX).
+"""Build a run's results.json record from its config (the schema, writer and reader are
+:mod:`softmax_approx.utils.run_record`; field meanings in docs/architecture.md).
 """
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from softmax_approx.utils.atomic import write_text
-from softmax_approx.harness.provenance import now_iso, provenance
-
-SCHEMA = 1
-FILENAME = "results.json"
-
-
-def jsonable(x: Any) -> Any:
-    """Tensors -> numbers, NaN/inf -> None (JSON has neither), containers recursively."""
-    if hasattr(x, "item") and callable(x.item) and getattr(x, "numel", lambda: 1)() == 1:
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    if isinstance(x, Path):
-        return str(x)
-    return x
-
-
-def write_json_atomic(path: str | Path, data: dict) -> Path:
-    return write_text(path, json.dumps(jsonable(data), indent=2, sort_keys=False, allow_nan=False) + "\n")
+from softmax_approx.harness.provenance import provenance
+from softmax_approx.utils.run_record import (  # noqa: F401  (re-exported for the harness)
+    FILENAME,
+    SCHEMA_VERSION,
+    RunRecord,
+    jsonable,
+    now_iso,
+    read_results,
+    write_json_atomic,
+    write_results,
+)
 
 
 def resolved_config(cfg: DictConfig) -> dict:
@@ -51,38 +32,23 @@ def resolved_config(cfg: DictConfig) -> dict:
     return out
 
 
-def new_record(cfg: DictConfig, run_dir: str | Path, job_id: str | None) -> dict:
+def new_record(cfg: DictConfig, run_dir: str | Path, job_id: str | None) -> RunRecord:
     """The fields known before training, with status ``running``."""
-    return {
-        "schema": SCHEMA,
-        "status": "running",
-        "error": None,
-        "task": cfg.task.name,
-        "task_kind": cfg.task.kind,
-        "policy": cfg.attention.name,
-        "policy_params": OmegaConf.to_container(cfg.attention.params, resolve=True),
-        "seed": int(cfg.seed),
-        "profile": cfg.get("profile_name"),
-        "experiment": cfg.get("experiment_name"),
-        "tags": list(cfg.get("tags") or []),
-        "run_dir": str(run_dir),
-        "job_id": job_id,
-        "metrics": {},
-        "memory": None,
-        "timing": None,
-        "params": None,
-        "fidelity": None,
-        "test_weights": None,
-        "config": resolved_config(cfg),
-        "provenance": provenance(now_iso()),
-    }
-
-
-def finish_record(record: dict, status: str, error: str | None = None) -> dict:
-    record["status"] = status
-    record["error"] = error
-    record["provenance"]["finished"] = now_iso()
-    return record
+    return RunRecord(
+        status="running",
+        task=cfg.task.name,
+        task_kind=cfg.task.kind,
+        policy=cfg.attention.name,
+        policy_params=OmegaConf.to_container(cfg.attention.params, resolve=True),
+        seed=int(cfg.seed),
+        profile=cfg.get("profile_name"),
+        experiment=cfg.get("experiment_name"),
+        tags=list(cfg.get("tags") or []),
+        run_dir=str(run_dir),
+        job_id=job_id,
+        config=resolved_config(cfg),
+        provenance=provenance(now_iso()),
+    )
 
 
 def results_path(run_dir: str | Path) -> Path:
@@ -90,5 +56,5 @@ def results_path(run_dir: str | Path) -> Path:
 
 
 def load_results(path: str | Path) -> dict:
-    with open(path) as f:
-        return json.load(f)
+    """A results.json as a plain dict, through the one reader (``read_results``)."""
+    return read_results(path).to_dict()

@@ -27,6 +27,7 @@ from typing import Any
 
 from softmax_approx.harness.callbacks import LAST_NAME
 from softmax_approx.utils.errors import ConfigError
+from softmax_approx.utils.run_record import read_results
 
 #: Top-level config keys that may differ between attempts of one run: where files live, how it
 #: is logged, and the fault-injection debugging aid (a run failed on purpose is resumed without).
@@ -53,10 +54,9 @@ def read_record(path: Path) -> dict | None:
     """The results.json at ``path``, or None when missing or unreadable (a torn write from
     before atomic writes, or a file from another tool: treated as not completed)."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        return read_results(path).to_dict()
+    except (OSError, ValueError):  # ResultsError is a ValueError
         return None
-    return data if isinstance(data, dict) else None
 
 
 def config_differences(old: dict | None, new: dict) -> list[str]:

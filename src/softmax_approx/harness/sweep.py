@@ -20,7 +20,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from softmax_approx.harness.results import FILENAME, write_json_atomic
+from softmax_approx.utils.run_record import FILENAME, RunRecord, now_iso, write_json_atomic
 from softmax_approx.harness.resume import read_record
 
 log = logging.getLogger(__name__)
@@ -85,16 +85,13 @@ class SweepSummary(Callback):
             print(line, file=sys.stderr if result.failed else sys.stdout)
 
 
-def failed_record(cfg: DictConfig, run_dir: Path, job_id: str | None, error: str) -> dict:
+def failed_record(cfg: DictConfig, run_dir: Path, job_id: str | None, error: str) -> RunRecord:
     """A ``failed`` results.json for a job that stopped before train() wrote one (a config or
     data error): the full record when the config allows it, else the fields we can know."""
-    from softmax_approx.harness.results import finish_record, new_record
+    from softmax_approx.harness.results import new_record
 
     try:
         record = new_record(cfg, run_dir, job_id)
     except Exception:  # noqa: BLE001 - the config itself may be what is broken
-        from softmax_approx.harness.provenance import now_iso
-
-        record = {"schema": 1, "status": "running", "error": None, "run_dir": str(run_dir), "job_id": job_id,
-                  "metrics": {}, "config": None, "provenance": {"started": now_iso(), "finished": None}}
-    return finish_record(record, "failed", error)
+        record = RunRecord(run_dir=str(run_dir), job_id=job_id, provenance={"started": now_iso(), "finished": None})
+    return record.finish("failed", error)

@@ -6,7 +6,6 @@ completed seed can say `failed` instead of looking like it was never run.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -14,13 +13,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from softmax_approx.report.definitions import Experiment, Setting
+from softmax_approx.utils.run_record import FILENAME, RunRecord, read_results
 
 STATUS_ORDER = {"completed": 0, "failed": 1, "running": 2}
 
 
 @dataclass
 class Record:
-    """One run's results.json (as a dict) plus where it came from."""
+    """One run's results.json (``RunRecord.to_dict()``: every field present) plus where it came from."""
 
     data: dict[str, Any]
     path: Path | None = None  # the results.json file (None for W&B runs)
@@ -72,13 +72,11 @@ def load_results(runs_dir: Path | str) -> list[Record]:
     """Every `results.json` below `runs_dir` (sorted by path). Unreadable files become failed."""
     runs_dir = Path(runs_dir)
     records = []
-    for path in sorted(runs_dir.rglob("results.json")):
+    for path in sorted(runs_dir.rglob(FILENAME)):
         try:
-            data = json.loads(path.read_text())
-            if not isinstance(data, dict):
-                raise ValueError("not a JSON object")
+            data = read_results(path).to_dict()  # the one reader (utils/run_record.py)
         except (OSError, ValueError) as exc:
-            data = {"status": "failed", "error": f"unreadable results.json: {exc}"}
+            data = RunRecord(status="failed", error=f"unreadable results.json: {exc}").to_dict()
         records.append(Record(data, path))
     return records
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from softmax_approx.report.results import Record
 from softmax_approx.utils.errors import ConfigError
+from softmax_approx.utils.run_record import RunRecord
 
 STATES = {"finished": "completed", "failed": "failed", "crashed": "failed", "killed": "failed"}
 
@@ -28,7 +29,7 @@ def record_from_run(run: Any) -> Record:
     summary = dict(getattr(run, "summary", {}) or {})
     config = dict(getattr(run, "config", {}) or {})
     if isinstance(summary.get("results"), dict):
-        return Record(dict(summary["results"]))
+        return Record(RunRecord.from_dict(dict(summary["results"]), "W&B summary").to_dict())
     if isinstance(config.get("cfg"), dict):  # train.py logs the resolved config under "cfg"
         config = dict(config["cfg"])
     attention = config.get("attention") or {}
@@ -43,23 +44,21 @@ def record_from_run(run: Any) -> Record:
         elif "/" in k and not k.startswith("_"):
             metrics[k] = v
     task = config.get("task")
-    data = {
-        "schema": 1,
-        "status": STATES.get(str(getattr(run, "state", "")), "running"),
-        "task": _name(task),
-        "task_kind": (task or {}).get("kind") if isinstance(task, dict) else None,
-        "policy": _name(attention),
-        "policy_params": dict((attention or {}).get("params") or {}) if isinstance(attention, dict) else {},
-        "seed": config.get("seed"),
-        "profile": config.get("profile_name") or _name(config.get("profile")),
-        "job_id": getattr(run, "id", None),
-        "tags": list(getattr(run, "tags", []) or []),
-        "metrics": metrics,
-        "memory": memory,
-        "fidelity": {"layers": layers} if layers else None,
-        "config": config,
-        "error": None,
-    }
+    data = RunRecord(
+        status=STATES.get(str(getattr(run, "state", "")), "running"),
+        task=_name(task),
+        task_kind=(task or {}).get("kind") if isinstance(task, dict) else None,
+        policy=_name(attention),
+        policy_params=dict((attention or {}).get("params") or {}) if isinstance(attention, dict) else {},
+        seed=config.get("seed"),
+        profile=config.get("profile_name") or _name(config.get("profile")),
+        job_id=getattr(run, "id", None),
+        tags=list(getattr(run, "tags", []) or []),
+        metrics=metrics,
+        memory=memory,
+        fidelity={"layers": layers} if layers else None,
+        config=config,
+    ).to_dict()
     return Record(data)
 
 
