@@ -1,4 +1,4 @@
-"""Config tree: every group option composes, profiles pick task-specific values, attention
+"""Config tree: every group option composes, every task x profile has the recipe of the table below, attention
 files hold exactly their policy's parameters, run dirs are unique, bad configs fail early
 with one line (exit code 2 from the real CLI)."""
 
@@ -12,7 +12,7 @@ import sys
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from conftest import compose_cfg
 from softmax_approx.core import POLICIES, POLICY_NAMES
@@ -65,16 +65,94 @@ def test_attention_files_hold_exactly_their_policy_parameters():
     assert OmegaConf.load(CONF_DIR / "attention/quant.yaml").params == {"bits": 8}
 
 
-@pytest.mark.parametrize("profile", PROFILES)
-def test_profiles_set_task_specific_values(profile, tmp_path):
-    lens = {}
-    for task in CLASSIFICATION_TASKS:
-        cfg = compose_cfg([f"task={task}", f"profile={profile}", "trainer=cpu"], tmp_path, tiny=False)
-        assert cfg.profile_name == profile
-        assert cfg.hydra.runtime.choices.task_profile == f"{profile}/{task}"
-        assert cfg.model.max_len == cfg.task.datamodule.max_len
-        lens[task] = cfg.task.datamodule.max_len
-    assert lens["imdb"] > lens["sst2"]
+# The effective recipe of every task x profile (attention must not change it). A change to the
+# config tree that silently moves one of these values fails here; change the table on purpose.
+# (optimizer, lr, scheduler (or None), warm-up, epochs, batch_size, max_tokens, max_len, vocab_size)
+ADAMW, ADAM = "torch.optim.AdamW", "torch.optim.Adam"
+LINEAR, CONSTANT, INV_SQRT = "tasks.base.linear_warmup_decay", "tasks.base.constant_lr", "tasks.translation.inverse_sqrt"
+RECIPES = {
+    ("sst2", "smoke"): (ADAMW, 1e-3, LINEAR, 5, 1, 32, None, 64, 2000),
+    ("sst2", "cpu"): (ADAMW, 5e-4, LINEAR, 200, 3, 64, None, 64, 16000),
+    ("sst2", "paper"): (ADAM, 5e-4, CONSTANT, 0, 10, 128, None, 64, 16000),
+    ("imdb", "smoke"): (ADAMW, 1e-3, LINEAR, 5, 1, 16, None, 128, 2000),
+    ("imdb", "cpu"): (ADAMW, 5e-4, LINEAR, 200, 2, 32, None, 256, 16000),
+    ("imdb", "paper"): (ADAM, 5e-4, CONSTANT, 0, 10, 128, None, 512, 16000),
+    ("multi30k", "smoke"): (ADAM, 1e-3, None, None, 1, 32, None, 40, 1000),
+    ("multi30k", "cpu"): (ADAM, 5e-4, None, None, 4, 128, None, 40, 8000),
+    ("multi30k", "paper"): (ADAM, 5e-4, None, None, 20, 128, None, 40, 8000),
+    ("iwslt14", "smoke"): (ADAMW, 1e-3, INV_SQRT, 5, 1, 32, None, 64, 1000),
+    ("iwslt14", "cpu"): (ADAMW, 1e-3, INV_SQRT, 400, 1, None, 2048, 128, 10000),
+    ("iwslt14", "paper"): (ADAMW, 5e-4, INV_SQRT, 4000, 50, None, 4096, 256, 10000),
+    ("iwslt14_mini", "smoke"): (ADAMW, 1e-3, INV_SQRT, 5, 1, 32, None, 64, 1000),
+    ("iwslt14_mini", "cpu"): (ADAMW, 1e-3, INV_SQRT, 400, 12, None, 2048, 128, 8000),
+    ("iwslt14_mini", "paper"): (ADAMW, 5e-4, INV_SQRT, 4000, 150, None, 4096, 256, 8000),
+}
+# Model sizes: the smoke and cpu profiles shrink every model alike; paper keeps the model file's.
+MODEL_SIZES = {"smoke": (32, 2, 1, 64), "cpu": (128, 4, 2, 256)}
+PAPER_MODEL = {"sst2": (256, 8, 3, 512), "imdb": (256, 8, 3, 512), "multi30k": (256, 8, 3, 512),
+               "iwslt14": (512, 4, 6, 1024), "iwslt14_mini": (512, 4, 6, 1024)}
+
+
+def test_recipe_table_covers_every_task_and_profile():
+    assert {t for t, _ in RECIPES} == set(options("task"))
+    assert {p for _, p in RECIPES} == set(options("profile")) == set(PROFILES)
+
+
+@pytest.mark.parametrize("task,profile", sorted(RECIPES))
+def test_effective_recipe_of_every_task_profile_attention(task, profile):
+    opt, lr, sched, warmup, epochs, batch, max_tokens, max_len, vocab = RECIPES[task, profile]
+    for attention in options("attention"):
+        cfg = raw_compose([f"task={task}", f"profile={profile}", f"attention={attention}", "paths.data_dir=/d",
+                           "paths.output_dir=/o"])
+        with open_dict(cfg):
+            del cfg["hydra"]
+        c = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+        assert cfg.profile_name == profile and cfg.attention.name == attention
+        got = (c["optimizer"]["_target_"], c["optimizer"]["lr"],
+               c["scheduler"] and c["scheduler"]["_target_"].removeprefix("softmax_approx."),
+               c["scheduler"] and c["scheduler"]["warmup_steps"], c["trainer"]["max_epochs"],
+               c["task"]["datamodule"]["batch_size"], c["task"]["datamodule"]["max_tokens"],
+               c["task"]["datamodule"]["max_len"], c["task"]["datamodule"]["vocab_size"])
+        assert got == RECIPES[task, profile], (task, profile, attention)
+        m = c["model"]
+        sizes = MODEL_SIZES.get(profile, PAPER_MODEL[task])
+        assert (m["d_model"], m["n_heads"], m["n_layers"], m["d_ff"]) == sizes, (task, profile)
+        assert (c["task"]["datamodule"]["subset"] is None) == (profile != "smoke")
+        assert c["trainer"]["accelerator"] == ("gpu" if profile == "paper" else "cpu")
+
+
+def test_command_line_overrides_reach_table_values():
+    cfg = raw_compose(["task=iwslt14", "profile=cpu", "optimizer.lr=0.01", "scheduler.warmup_steps=7",
+                       "trainer.max_epochs=2", "task.datamodule.max_tokens=512"])
+    assert (cfg.optimizer.lr, cfg.scheduler.warmup_steps, cfg.trainer.max_epochs) == (0.01, 7, 2)
+    assert cfg.task.datamodule.max_tokens == 512
+    # a table cell can be changed too, and every key reading it follows
+    assert raw_compose(["task=sst2", "profile=cpu", "task.sizes.epochs.cpu=5"]).trainer.max_epochs == 5
+    assert raw_compose(["task=multi30k", "scheduler=null"]).scheduler is None
+
+
+def test_variant_inherits_its_base_task():
+    base, mini = raw_compose(["task=iwslt14", "profile=paper"]), raw_compose(["task=iwslt14_mini", "profile=paper"])
+    assert mini.task.name == "iwslt14_mini" and mini.task.datamodule.task == "iwslt14_mini"
+    assert mini.task.datamodule.mini_val_size == 1000 and "mini_val_size" not in base.task.datamodule
+    assert OmegaConf.to_container(mini.optimizer) == OmegaConf.to_container(base.optimizer)
+    assert mini.model == base.model and mini.task.module == base.task.module
+    assert "recipe is iwslt14's" in (CONF_DIR / "task/iwslt14_mini.yaml").read_text()
+
+
+def test_constant_lr_keeps_the_base_rate():
+    import torch
+
+    from softmax_approx.tasks.base import constant_lr
+
+    for warmup, want in ((0, [1.0, 1.0, 1.0, 1.0]), (2, [0.5, 1.0, 1.0, 1.0])):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        sched, seen = constant_lr(opt, total_steps=10, warmup_steps=warmup), []
+        for _ in range(4):
+            seen.append(opt.param_groups[0]["lr"] / 0.1)
+            opt.step()
+            sched.step()
+        assert seen == pytest.approx(want)
 
 
 def test_profile_scales_and_paper_defaults(tmp_path):
@@ -99,6 +177,10 @@ def test_defaults_order_and_seed(tmp_path):
     names = [d if isinstance(d, str) else next(iter(d)) for d in defaults]
     assert names[0] == "_self_"
     assert names[-3:] == ["experiment", "optional local", "debug"]
+    # a task's recipe comes after the profile (never reset by it); groups that a task or
+    # profile may override come before both
+    assert names.index("model") < names.index("trainer") < names.index("profile") < names.index("task")
+    assert not (CONF_DIR / "task_profile").exists()
 
 
 def test_experiment_holds_deltas_only():
@@ -132,7 +214,7 @@ BAD = [
     (["attention=quant", "attention.params.bits=3"], ConfigError, r"bits"),
     (["attention=paper", "+attention.params.T=3"], ConfigError, r"unknown parameter.*T"),
     (["attention.name=magic"], ConfigError, r"^attention\.name='magic': allowed values: .*paper"),
-    (["model.kind=translation"], ConfigError, r"does not fit task=sst2 .*choose model= one of: transformer_cls"),
+    (["model.kind=translation"], ConfigError, r"does not fit task=sst2 .*choose model= one of: (.*, )?transformer_cls"),
     (["+model.bogus=1"], ConfigError, r"^model\.bogus: unknown key .*allowed keys: .*d_model"),
     (["+task.datamodule.bogus=1"], ConfigError, r"^task\.datamodule\.bogus: unknown key"),
     (["seed=null"], ConfigError, r"^seed=None: must be an integer"),

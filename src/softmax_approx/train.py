@@ -36,7 +36,8 @@ from softmax_approx.utils.run_record import RunRecord
 from softmax_approx.harness.instantiate import instantiate_callbacks, instantiate_loggers, instantiate_model
 from softmax_approx.harness.results import jsonable, new_record, resolved_config, results_path, write_results
 from softmax_approx.harness.resume import decide, read_record
-from softmax_approx.harness.validation import CONF_DIR, validate_config
+from softmax_approx.conf import CONFIG_MODULE, CONFIG_NAME, CONFIG_PATH
+from softmax_approx.harness.validation import validate_config
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +251,7 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
 def _hydra_main(cfg: DictConfig) -> float | None:
     return run_job(cfg)
 
@@ -261,14 +262,14 @@ def _precheck_overrides(argv: list[str]) -> None:
     flags (``-m``, ``--cfg`` ...) and sweeps, which Hydra handles itself."""
     if any(a.startswith("-") for a in argv):
         return
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            compose("train", overrides=argv)
+        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+            compose(CONFIG_NAME, overrides=argv)
     except (HydraException, OmegaConfBaseException) as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         print(f"error: {' | '.join(lines[:3])}", file=sys.stderr)

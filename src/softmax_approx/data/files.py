@@ -98,6 +98,16 @@ def default_user_cache() -> Path:
     return Path(base) / "softmax_approx"
 
 
+def default_data_dir() -> Path:
+    """The data directory when none is given: ``$SOFTMAX_APPROX_DATA``, else ``<user cache>/data``.
+
+    Used by the training config (``paths.data_dir``), ``make data`` and ``make reproduce``, so a
+    fresh clone needs no data path; ``paths.data_dir=DIR`` / ``DATA_DIR=DIR`` override it.
+    """
+    env = os.environ.get("SOFTMAX_APPROX_DATA")
+    return Path(env) if env else default_user_cache() / "data"
+
+
 def resolve_cache_dir(data_dir: str | Path, cache_dir: str | Path | None = None) -> Path:
     """``cache_dir`` when given; else ``<data_dir>/.cache`` if writable; else the user cache."""
     if cache_dir is not None:

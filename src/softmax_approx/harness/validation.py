@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from softmax_approx.utils.errors import ConfigError
 
-CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
+from softmax_approx.conf import CONF_DIR  # noqa: E402  (the one place that says where the tree is)
 
 
 def _options(group: str) -> list[str]:

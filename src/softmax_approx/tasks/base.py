@@ -53,6 +53,16 @@ def linear_warmup_decay(optimizer: torch.optim.Optimizer, total_steps: int, warm
     return LambdaLR(optimizer, factor)
 
 
+def constant_lr(optimizer: torch.optim.Optimizer, total_steps: int | None = None, warmup_steps: int = 0) -> LambdaLR:
+    """Linear warm-up over ``warmup_steps`` (0: none), then the base learning rate unchanged.
+
+    With ``warmup_steps=0`` it equals no scheduler; it exists so a task file can pick "no
+    schedule" for one profile from a table column (a column cannot remove the node).
+    """
+    warmup_steps = max(0, int(warmup_steps))
+    return LambdaLR(optimizer, lambda step: (step + 1) / warmup_steps if step < warmup_steps else 1.0)
+
+
 def _numel(shape: list[int]) -> int:
     out = 1
     for n in shape:
