@@ -91,6 +91,7 @@ class ClassificationDataModule(BucketedDataModule):
         split_seed: int = 0,
         prepend_cls: bool = False,
         pin_memory: bool = False,
+        hf_tokenizer: str | None = None,
     ) -> None:
         super().__init__()
         if task not in DEFAULT_VAL_SIZE:
@@ -114,6 +115,9 @@ class ClassificationDataModule(BucketedDataModule):
         self.split_seed = int(split_seed)
         self.prepend_cls = prepend_cls
         self.pin_memory = pin_memory
+        # A Hugging Face tokenizer (local dir or hub name) instead of our WordPiece: the one a
+        # pretrained model was trained with (model=hf_classifier model.pretrained=... sets it).
+        self.hf_tokenizer = hf_tokenizer
         self.num_classes = NUM_CLASSES
         self.test_split_name = TEST_SPLIT_NAME[task]
         self.tokenizer = None
@@ -152,14 +156,17 @@ class ClassificationDataModule(BucketedDataModule):
             "split_seed": self.split_seed,
             "inputs": input_signature(tok_inputs),
         }
-        self.tokenizer_path = tokmod.cache_path(self.cache_dir, self.task, settings)
-        self.tokenizer = load_or_train(
-            "classification", self.tokenizer_path, lambda: (e.text for e in train), self.requested_vocab_size
-        )
-        self.vocab_size = self.tokenizer.get_vocab_size()
-        self.pad_id = self.tokenizer.token_to_id("<pad>")
-        self.unk_id = self.tokenizer.token_to_id("<unk>")
-        self.cls_id = self.tokenizer.token_to_id("<cls>")
+        if self.hf_tokenizer:
+            self._load_hf_tokenizer()
+        else:
+            self.tokenizer_path = tokmod.cache_path(self.cache_dir, self.task, settings)
+            self.tokenizer = load_or_train(
+                "classification", self.tokenizer_path, lambda: (e.text for e in train), self.requested_vocab_size
+            )
+            self.vocab_size = self.tokenizer.get_vocab_size()
+            self.pad_id = self.tokenizer.token_to_id("<pad>")
+            self.unk_id = self.tokenizer.token_to_id("<unk>")
+            self.cls_id = self.tokenizer.token_to_id("<cls>")
 
         splits = {"train": train, "val": val, "test": test}
         for i, name in enumerate(("train", "val", "test")):
@@ -167,8 +174,25 @@ class ClassificationDataModule(BucketedDataModule):
             self.datasets[name] = _ListDataset(self._encode(rows))
         self.setup_seconds = time.perf_counter() - t0
 
+    def _load_hf_tokenizer(self) -> None:
+        """The pretrained model's own tokenizer; its special tokens ([CLS] ... [SEP]) are added
+        and kept under truncation to ``max_len``."""
+        from transformers import AutoTokenizer
+
+        hf = AutoTokenizer.from_pretrained(self.hf_tokenizer)
+        self.tokenizer = hf.backend_tokenizer
+        self.tokenizer.enable_truncation(self.max_len)
+        self.vocab_size = len(hf)
+        self.pad_id = hf.pad_token_id if hf.pad_token_id is not None else hf.eos_token_id
+        self.unk_id = hf.unk_token_id if hf.unk_token_id is not None else self.pad_id
+        if self.pad_id is None:
+            raise ConfigError(f"task.datamodule.hf_tokenizer={self.hf_tokenizer!r}: the tokenizer has no pad or eos token")
+
     def _encode(self, rows: list[TextExample]) -> list[dict]:
         assert self.tokenizer is not None
+        if self.hf_tokenizer:
+            encs = self.tokenizer.encode_batch([r.text for r in rows], add_special_tokens=True)
+            return [{"ids": enc.ids or [self.unk_id], "label": r.label} for r, enc in zip(rows, encs)]
         encs = self.tokenizer.encode_batch([r.text for r in rows], add_special_tokens=False)
         room = self.max_len - (1 if self.prepend_cls else 0)
         out = []

@@ -1,0 +1,245 @@
+"""Hugging Face Transformers (5.x): our storage policies as an attention implementation.
+
+Importing this module registers, in Transformers' ``AttentionInterface`` (the registry behind
+``attn_implementation=``) and ``AttentionMaskInterface``:
+
+* ``"softmax_approx"``: the policy and its parameters come from the model config's
+  ``softmax_approx`` attribute, a dict such as ``{"policy": "paper", "S": 5}`` (saved in
+  ``config.json`` with the model, like any config attribute); without it, ``paper`` with its
+  defaults.
+* ``"softmax_approx_<policy>"`` for every fused policy (``exact``, ``paper``, ``topk``,
+  ``quant``, ``recompute``): the name fixes the policy; parameters, if any, come from
+  ``config.softmax_approx`` (whose ``"policy"`` key, if present, must agree).
+
+So, as with Transformers' own implementations::
+
+    import softmax_approx.integrations.transformers as sa_hf
+    model = AutoModel.from_pretrained(name, attn_implementation="softmax_approx",
+                                      softmax_approx={"policy": "paper", "S": 5})
+    sa_hf.apply(model, "topk", keep_ratio=0.125)     # or switch a built model in place
+
+Masks are built as for ``sdpa`` (bool, True = may attend, or None with ``is_causal``), which
+the core takes as is; a float 4-D mask a user passes directly, T5's relative position bias
+(with its gradient) and any other additive bias go to ``core.attention(bias=...)``. Models with
+fewer key/value heads than query heads (GQA/MQA) pass their K/V heads unrepeated.
+
+Not supported (a clear error, never silent wrong data): ``output_attentions=True`` (the point
+is not to keep the probabilities; use ``attn_implementation="eager"`` to inspect them),
+``softcap`` and attention sinks (``s_aux``). A query row with no valid key (e.g. a left-padding
+position under a causal mask) gives a zero output row, where ``eager`` gives a uniform average:
+such rows are padding and never reach a real position.
+
+The attention module (the Transformers module that calls the attention function, e.g.
+``BertSelfAttention``, ``GPT2Attention``, ``T5Attention``) is marked ``is_attention_module`` so
+that :class:`softmax_approx.core.ActivationMeter` counts what it saves as attention bytes,
+whatever implementation runs it.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AttentionInterface, PreTrainedModel
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from ..core import POLICY_NAMES, Policy, attention, make_policy
+
+#: The generic implementation name (policy from ``config.softmax_approx``).
+NAME = "softmax_approx"
+#: The config attribute carrying ``{"policy": ..., **params}``.
+CONFIG_KEY = "softmax_approx"
+#: Policies Transformers runs itself: ``apply(model, "eager" | "sdpa")`` selects Transformers'
+#: own implementation of that name (the baselines every comparison is made against).
+NATIVE = ("eager", "sdpa")
+#: The policies with a named variant ``softmax_approx_<policy>``.
+VARIANTS = tuple(p for p in POLICY_NAMES if p not in NATIVE)
+DEFAULT_POLICY = "paper"
+
+
+def implementation_names() -> list[str]:
+    """Every ``attn_implementation`` value this module registers."""
+    return [NAME, *(f"{NAME}_{p}" for p in VARIANTS)]
+
+
+# ------------------------------------------------------------------------- policy lookup
+@functools.lru_cache(maxsize=256)
+def _policy_from(implementation: str, spec_json: str) -> Policy:
+    spec = json.loads(spec_json)
+    if not isinstance(spec, dict):
+        raise ValueError(f"config.{CONFIG_KEY} must be a dict like {{'policy': 'paper', 'S': 5}}, got {spec!r}")
+    spec = dict(spec)
+    named = spec.pop("policy", None)
+    if implementation == NAME:
+        policy = named or DEFAULT_POLICY
+    else:
+        policy = implementation[len(NAME) + 1:]
+        if named is not None and named != policy:
+            raise ValueError(
+                f"attn_implementation={implementation!r} but config.{CONFIG_KEY}['policy']={named!r}; "
+                f"use attn_implementation={NAME!r} to take the policy from the config"
+            )
+    if policy in NATIVE:
+        raise ValueError(
+            f"config.{CONFIG_KEY}['policy']={policy!r}: use attn_implementation={policy!r} "
+            "(Transformers' own) for that baseline"
+        )
+    return make_policy(policy, **spec)
+
+
+def policy_of(config: Any, implementation: str = NAME) -> Policy:
+    """The validated policy that ``implementation`` runs for a model with this config."""
+    spec = getattr(config, CONFIG_KEY, None) or {}
+    try:
+        return _policy_from(implementation, json.dumps(spec, sort_keys=True))
+    except TypeError as e:  # a parameter that is not JSON (a bad value anyway)
+        raise ValueError(f"config.{CONFIG_KEY}={spec!r}: values must be numbers or strings ({e})") from None
+
+
+# ------------------------------------------------------------------------- the attention function
+def _unsupported(module: nn.Module, kwargs: dict) -> None:
+    config = getattr(module, "config", None)
+    if kwargs.get("output_attentions") or getattr(config, "output_attentions", False):
+        raise ValueError(
+            "softmax_approx attention keeps no attention probabilities, so output_attentions=True "
+            "is not supported; load or switch the model with attn_implementation='eager' to inspect them"
+        )
+    if kwargs.get("softcap") is not None:
+        raise NotImplementedError("softmax_approx attention: logit soft-capping (softcap) is not supported")
+    if kwargs.get("s_aux") is not None:
+        raise NotImplementedError("softmax_approx attention: attention sinks (s_aux) are not supported")
+
+
+def _make_forward(implementation: str):
+    def softmax_approx_attention_forward(
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        dropout: float = 0.0,
+        scaling: float | None = None,
+        is_causal: bool | None = None,
+        position_bias: torch.Tensor | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, None]:
+        """Transformers' attention-function signature: (B, H, L, D) in, (B, Lq, H, D) out."""
+        _unsupported(module, kwargs)
+        policy = policy_of(getattr(module, "config", None), implementation)
+        q_len, kv_len = query.shape[-2], key.shape[-2]
+        # The rule of Transformers' sdpa_attention_forward: the mask builder returns None when
+        # `is_causal` alone describes the pattern (no padding), and a mask otherwise.
+        is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+        causal = bool(q_len > 1 and attention_mask is None and is_causal)
+        if causal and kv_len > q_len:  # prefill into an empty static cache (as sdpa does)
+            key, value = key[..., :q_len, :], value[..., :q_len, :]
+            if position_bias is not None:
+                position_bias = position_bias[..., :q_len]
+        mask, bias = attention_mask, position_bias
+        if mask is not None and mask.dtype != torch.bool:  # a float 4-D mask: additive
+            bias = mask if bias is None else bias + mask
+            mask = None
+        out = attention(
+            query, key, value, mask=mask, causal=causal, dropout_p=dropout, policy=policy,
+            training=module.training, scale=scaling, bias=bias,
+        )
+        return out.transpose(1, 2).contiguous(), None
+
+    softmax_approx_attention_forward.__qualname__ = f"{implementation}_attention_forward"
+    return softmax_approx_attention_forward
+
+
+def register() -> list[str]:
+    """Register every implementation name (idempotent); returns the names."""
+    names = implementation_names()
+    for name in names:
+        AttentionInterface.register(name, _make_forward(name))
+        AttentionMaskInterface.register(name, sdpa_mask)
+    return names
+
+
+# ------------------------------------------------------------------------- attention modules
+@functools.lru_cache(maxsize=None)
+def _calls_attention_interface(cls: type) -> bool:
+    try:
+        source = inspect.getsource(cls.forward)
+    except (OSError, TypeError):
+        return False
+    return "ALL_ATTENTION_FUNCTIONS.get_interface(" in source
+
+
+def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every module whose forward dispatches through Transformers'
+    attention interface: the layers an ``attn_implementation`` switches."""
+    return [(n, m) for n, m in model.named_modules() if _calls_attention_interface(type(m))]
+
+
+def mark_attention_modules(model: nn.Module) -> int:
+    """Set ``is_attention_module = True`` on the classes of the model's attention modules, so
+    :class:`~softmax_approx.core.ActivationMeter` counts their saved tensors as attention
+    bytes under every implementation; returns the number of modules."""
+    mods = attention_modules(model)
+    for _, m in mods:
+        if not getattr(type(m), "is_attention_module", False):
+            type(m).is_attention_module = True
+    return len(mods)
+
+
+def _configs(model: PreTrainedModel) -> list[Any]:
+    """The model's config and every config of a sub-model or sub-config, once each."""
+    seen, out = set(), []
+
+    def visit(cfg):
+        if cfg is None or id(cfg) in seen:
+            return
+        seen.add(id(cfg))
+        out.append(cfg)
+        for key in getattr(cfg, "sub_configs", {}) or {}:
+            visit(getattr(cfg, key, None))
+
+    visit(model.config)
+    for m in model.modules():
+        if isinstance(m, PreTrainedModel):
+            visit(m.config)
+    for _, m in attention_modules(model):
+        visit(getattr(m, "config", None))
+    return out
+
+
+def apply(model: nn.Module, policy: str = DEFAULT_POLICY, **params) -> int:
+    """Switch a built Transformers model to ``policy`` in place; returns the number of attention
+    layers switched.
+
+    ``policy`` is any core policy; parameters are validated as ``core.attention`` does
+    (``ValueError`` naming the parameter). ``eager`` and ``sdpa`` select Transformers' own
+    implementations of those names. The choice is written to ``config.softmax_approx`` and
+    ``config._attn_implementation``, so ``save_pretrained`` keeps it.
+    """
+    if not isinstance(model, PreTrainedModel):
+        raise TypeError(f"apply(model, ...): expected a transformers PreTrainedModel, got {type(model).__name__}")
+    pol = make_policy(policy, **params)
+    layers = attention_modules(model)
+    if not layers:
+        raise ValueError(
+            f"{type(model).__name__} has no attention layer that uses Transformers' AttentionInterface; "
+            "it cannot be switched (only models whose attention calls ALL_ATTENTION_FUNCTIONS can)"
+        )
+    if pol.name in NATIVE:
+        implementation = pol.name
+    else:
+        implementation = NAME
+        for cfg in _configs(model):
+            setattr(cfg, CONFIG_KEY, {"policy": pol.name, **pol.params})
+    model.set_attn_implementation(implementation)
+    wrong = [n for n, m in layers if getattr(getattr(m, "config", None), "_attn_implementation", implementation) != implementation]
+    if wrong:
+        raise RuntimeError(f"apply: {len(wrong)} attention layer(s) did not switch to {implementation!r}, e.g. {wrong[0]}")
+    mark_attention_modules(model)
+    return len(layers)
+
+
+register()
