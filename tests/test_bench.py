@@ -119,3 +119,20 @@ def test_bench_rejects_bad_amp_and_repeats(argv, fragment, capsys):
         bench.main(argv)
     assert exc.value.code == 2
     assert fragment in capsys.readouterr().err
+
+
+def test_report_bench_table_shows_the_infer_ratio():
+    """report/bench.py: an `infer ×eager` column per length; n/a for records older than it."""
+    from fixtures_results import bench_records
+    from softmax_approx.report.bench import bench_table
+    from softmax_approx.report.definitions import load_experiments
+
+    exp = next(e for e in load_experiments("smoke") if e.kind == "bench")
+    recs = bench_records(exp, seq_lens=(128,))
+    for r in recs:
+        r["infer_time_ratio_vs_eager"] = 1.0 if r["policy"] == "eager" else 1.25
+    table = bench_table(exp, "completed", recs, "bench.json")
+    col = table.header.index("n=128 infer ×eager")
+    assert [row[col] for row in table.rows] == ["1.00" if s.policy == "eager" else "1.25" for s in exp.settings]
+    old = bench_table(exp, "completed", bench_records(exp, seq_lens=(128,)), "bench.json")
+    assert {row[col] for row in old.rows} == {"n/a"}

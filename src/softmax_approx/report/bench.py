@@ -43,6 +43,11 @@ def _pct(x: Any) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * float(x):.1f}%"
 
 
+def _ratio(x: Any) -> str:
+    """A time ratio; n/a for records written before the benchmark measured it."""
+    return "n/a" if x is None else f"{float(x):.2f}"
+
+
 def bench_table(exp: Experiment, status: str, records: list[dict[str, Any]], source: str) -> Table:
     groups = sorted({(str(r.get("logits")), int(r.get("seq_len", 0))) for r in records})
     if not groups:
@@ -51,7 +56,7 @@ def bench_table(exp: Experiment, status: str, records: list[dict[str, Any]], sou
     for logits, n in groups:
         tag = f"n={n}" + (f" {logits}" if len({g[0] for g in groups}) > 1 else "")
         header += [f"{tag} state B/score", f"{tag} state vs eager", f"{tag} call vs eager",
-                   f"{tag} time ×eager", f"{tag} grad cos"]
+                   f"{tag} time ×eager", f"{tag} infer ×eager", f"{tag} grad cos"]
     rows = []
     for setting in exp.settings:
         row = [setting.label]
@@ -59,11 +64,12 @@ def bench_table(exp: Experiment, status: str, records: list[dict[str, Any]], sou
             rec = next((r for r in records if _match(r, setting) and str(r.get("logits")) == logits
                         and int(r.get("seq_len", 0)) == n), None)
             if rec is None:
-                row += [status if status != "completed" else "not run"] * 5
+                row += [status if status != "completed" else "not run"] * 6
                 continue
             row += [f"{float(rec['state_bytes_per_score']):.3f}", _pct(rec.get("reduction_vs_eager")),
                     _pct(rec.get("module_reduction_vs_eager")),
                     f"{float(rec.get('time_ratio_vs_eager', float('nan'))):.2f}",
+                    _ratio(rec.get("infer_time_ratio_vs_eager")),
                     f"{float(rec.get('grad_cosine', float('nan'))):.5f}"]
         rows.append(row)
     first = records[0] if records else {}
