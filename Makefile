@@ -8,7 +8,10 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PROFILE ?= smoke
 OUT ?= outputs/reproduce/$(PROFILE)
-DATA_DIR ?= ../shared/data
+# Datasets: empty = $SOFTMAX_APPROX_DATA, else the user's data cache (~/.cache/softmax_approx/data);
+# `make reproduce` fetches what is missing there when online. DATA_DIR=DIR uses another folder.
+DATA_DIR ?=
+DATA_ARG = $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 PYTEST_ARGS ?=
 # extra flags for `make reproduce`, e.g. REPRO_ARGS="--only memory --jobs 2"
 REPRO_ARGS ?=
@@ -42,13 +45,13 @@ bench: setup ## attention memory/speed/gradient benchmark (core library)
 # OUT given on the command line wins; otherwise outputs/gpu_check (docs/gpu.md)
 GPU_CHECK_ARGS ?=
 gpu-check: setup ## one-GPU check (~8 min): benchmark fp32/bf16 n=512..4096 + 200-step trainings -> OUT/gpu_check.{json,md}
-	$(PY) -m softmax_approx.bench gpu_check --out $(if $(filter command line,$(origin OUT)),$(OUT),outputs/gpu_check) --data-dir $(DATA_DIR) $(GPU_CHECK_ARGS)
+	$(PY) -m softmax_approx.bench gpu_check --out $(if $(filter command line,$(origin OUT)),$(OUT),outputs/gpu_check) $(DATA_ARG) $(GPU_CHECK_ARGS)
 
-data: setup ## download and cache every dataset into DATA_DIR (needs network)
-	$(PY) -m softmax_approx.data download all --data-dir $(DATA_DIR)
+data: setup ## download every dataset into DATA_DIR (default: the user data cache; needs network)
+	$(PY) -m softmax_approx.data download all $(DATA_ARG)
 
 reproduce: setup ## run every experiment of PROFILE into OUT, then render tables and figures
-	$(PY) -m softmax_approx.reproduce run --profile $(PROFILE) --out $(OUT) --data-dir $(DATA_DIR) $(REPRO_ARGS)
+	$(PY) -m softmax_approx.reproduce run --profile $(PROFILE) --out $(OUT) $(DATA_ARG) $(REPRO_ARGS)
 
 tables: setup ## re-render OUT/tables and OUT/figures from existing results.json files
 	$(PY) -m softmax_approx.report --out $(OUT)

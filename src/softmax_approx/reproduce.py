@@ -292,8 +292,11 @@ def _manifest(out: Path, profile: str, data_dir: str, only: list[str] | None,
 def run(profile: str, out: Path | str, data_dir: Path | str, only: list[str] | None = None,
         jobs: int = 1, dry_run: bool = False, exp_dir: Path | str | None = None,
         report: bool = True, train_command: list[str] | None = None, run_timeout: float = 0,
-        stream: Any = None) -> int:
-    """Plan, skip completed, run the rest, render the report. Returns 0 if every run completed."""
+        stream: Any = None, fetch_data: bool = False) -> int:
+    """Plan, skip completed, run the rest, render the report. Returns 0 if every run completed.
+
+    ``fetch_data`` (the command line sets it): download the planned tasks' missing datasets
+    before the first run, or stop with one line naming `make data` when that fails."""
     stream = stream or sys.stdout
     out = Path(out).resolve()
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -315,6 +318,10 @@ def run(profile: str, out: Path | str, data_dir: Path | str, only: list[str] | N
             print(f"  {job.status:<9} {job.owner}/{job.spec.key}  [{shared}]  "
                   + " ".join(_command(job, str(data_dir), ["train"])[1:]), file=stream)
         return 0
+    if todo and fetch_data:  # fetch missing datasets first (or stop with one line naming `make data`)
+        from softmax_approx.data.ensure import ensure_data
+
+        ensure_data({j.spec.task for j in todo}, data_dir, stream)
     out.mkdir(parents=True, exist_ok=True)
     all_jobs = done + todo
     _manifest(out, profile, str(data_dir), only, all_jobs, started)
@@ -342,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="run (or resume) every experiment of a profile, then render")
     r.add_argument("--profile", required=True, choices=("smoke", "cpu", "paper"))
     r.add_argument("--out", required=True, type=Path)
-    r.add_argument("--data-dir", required=True, type=Path)
+    r.add_argument("--data-dir", type=Path, help="datasets (default: $SOFTMAX_APPROX_DATA, else the user's data cache)")
     r.add_argument("--only", action="append", help="only this experiment (+ those it uses); repeatable")
     r.add_argument("--jobs", type=int, default=1, help="runs in parallel (default 1)")
     r.add_argument("--dry-run", action="store_true", help="print the plan and each run's status")
@@ -351,8 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--no-report", action="store_true", help="skip rendering tables and figures")
     args = ap.parse_args(argv)
     try:
+        if args.data_dir is None:
+            from softmax_approx.data.files import default_data_dir
+
+            args.data_dir = default_data_dir()
         return run(args.profile, args.out, args.data_dir, args.only, args.jobs, args.dry_run,
-                   args.experiments, not args.no_report, run_timeout=args.run_timeout)
+                   args.experiments, not args.no_report, run_timeout=args.run_timeout, fetch_data=True)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
