@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from softmax_approx import bench
 
@@ -100,6 +101,31 @@ def test_compile_reports_a_ratio_or_the_error_per_policy(tmp_path, monkeypatch):
     else:                                                    # before the core supports torch.compile
         assert eager["compiled_time_ratio"] is None
     assert "| random | 16 | exact |" in md and "Compile errors" in md and f"- exact: `{exact['compile_error']}`" in md
+
+
+def test_compiled_function_is_reused_across_logits(tmp_path, monkeypatch):
+    """One compilation per (policy, shape, precision): the second generator reuses it."""
+    from softmax_approx.bench import attention as mod
+
+    real = mod.attention
+
+    def plain(q, k, v, dropout_p=0.0, policy="eager", training=True, **params):
+        if torch.compiler.is_compiling():                    # what compiles, whatever the core does
+            probs = torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5, -1)
+            return torch.nn.functional.dropout(probs, dropout_p, training) @ v
+        return real(q, k, v, dropout_p=dropout_p, policy=policy, training=training, **params)
+
+    monkeypatch.setattr(mod, "attention", plain)
+    out = tmp_path / "c.json"
+    assert bench.main([*TINY[:-2], "--logits", "random", "peaked", "--policy", "exact", "--compile",
+                       "--compile-backend", "aot_eager", "--json", str(out)]) == 0
+    records = json.loads(out.read_text())
+    assert [(r["logits"], r["policy"]) for r in records] == [(g, p) for g in ("random", "peaked") for p in ("eager", "exact")]
+    for r in records:
+        assert r["compile_error"] is None and r["compiled_time_ratio"] > 0
+        assert r["compiled_time_ratio"] == pytest.approx(r["compiled_seconds_fwd_bwd"] / r["seconds_fwd_bwd"])
+    first = {(r["logits"], r["policy"]): r["compile_seconds_first_call"] for r in records}
+    assert first["random", "eager"] == first["peaked", "eager"] != first["random", "exact"]
 
 
 def test_amp_autocasts_fp32_inputs(tmp_path):

@@ -18,7 +18,8 @@ One attention call (B, H, n, head_dim) per policy and sequence length, all in on
                               (inputs), so the gradients of q, k, v are included;
 * ``compiled_time_ratio``     with ``--compile``: forward+backward of
                               ``torch.compile(fn, fullgraph=True)`` (fn calls ``attention`` with
-                              the policy and dropout; warmed up first) over the uncompiled
+                              the policy and dropout; warmed up first; ``--compile-backend``,
+                              default inductor) over the uncompiled
                               forward+backward of the same policy; ``compile_error`` holds the
                               one-line error instead when the policy does not compile (null
                               without ``--compile``);
@@ -154,28 +155,35 @@ def peak_bytes(q, k, v, dropout_p, name, params, amp=None) -> int | None:
     return torch.cuda.max_memory_allocated(q.device) - base
 
 
-def time_compiled(q, k, v, dropout_p, name, params, repeats, amp=None,
-                  backend: str = "inductor") -> tuple[float | None, float | None, str | None]:
-    """(median compiled fwd+bwd seconds, first-call seconds incl. compilation, error).
+# All policies share the benchmark's one compiled lambda (one code object), so each policy, shape
+# and precision is one entry of dynamo's cache: at the default limit (8) later ones would
+# silently fall back to eager mode.
+RECOMPILE_LIMIT = 256
 
-    Dynamo's caches are reset first so every policy compiles from scratch (one code object is
-    shared by all policies, and its recompile limit would otherwise silently fall back to eager).
+
+def time_compiled(q, k, v, dropout_p, name, params, repeats, amp=None, backend: str = "inductor",
+                  cache: dict | None = None) -> tuple[float | None, float | None, str | None]:
+    """(median compiled fwd+bwd seconds, seconds of the first, compiling call, one-line error).
+
+    The compiled function of a (policy, shape, precision) is kept in `cache` and reused for the
+    other logits generator: compiling is slow on CPU and its result does not depend on values.
     """
-    torch._dynamo.reset()
-    fn = torch.compile(lambda *t: attention(*t, dropout_p=dropout_p, policy=name, **params),
-                       fullgraph=True, backend=backend)
-    step = fwd_bwd_step(fn, q, k, v, amp)
+    cache = {} if cache is None else cache
+    key = (name, json.dumps(params, sort_keys=True), tuple(q.shape), q.dtype, q.device.type, amp, dropout_p, backend)
+    if key in cache and cache[key][2] is not None:              # failed before: same error
+        return cache[key]
     try:
-        _sync(q.device)
-        start = time.perf_counter()
-        step()                                                  # compiles forward and backward
-        _sync(q.device)
-        first = time.perf_counter() - start
-        return median_seconds(step, repeats, q.device), first, None
+        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+            if key not in cache:
+                fn = torch.compile(lambda *t: attention(*t, dropout_p=dropout_p, policy=name, **params),
+                                   fullgraph=True, dynamic=False, backend=backend)
+                first = median_seconds(fwd_bwd_step(fn, q, k, v, amp), 1, q.device, warmup=0)
+                cache[key] = (fn, first, None)                  # compiled forward and backward
+            fn, first, _ = cache[key]
+            return median_seconds(fwd_bwd_step(fn, q, k, v, amp), repeats, q.device), first, None
     except Exception as err:                                    # noqa: BLE001 - recorded per row
-        return None, None, one_line(err)[:500]
-    finally:
-        torch._dynamo.reset()
+        cache[key] = (None, None, one_line(err)[:500])
+        return cache[key]
 
 
 def grad_fidelity(q, k, v, name, params, amp=None):
@@ -193,7 +201,7 @@ def grad_fidelity(q, k, v, name, params, amp=None):
     return cosine, rel_err
 
 
-def measure(q, k, v, name: str, params: dict, args) -> dict:
+def measure(q, k, v, name: str, params: dict, args, compiled_cache: dict | None = None) -> dict:
     """Every figure of one policy on one input (the derived ratios are added by `run`)."""
     amp, p, reps = args.amp, args.dropout, args.repeats
     state, module = saved_bytes(q, k, v, p, name, params, amp)
@@ -208,7 +216,7 @@ def measure(q, k, v, name: str, params: dict, args) -> dict:
         "compiled_time_ratio": None, "compile_error": None,
     }
     if args.compile:
-        compiled, first, error = time_compiled(q, k, v, p, name, params, reps, amp, args.compile_backend)
+        compiled, first, error = time_compiled(q, k, v, p, name, params, reps, amp, args.compile_backend, compiled_cache)
         rec.update(compiled_seconds_fwd_bwd=compiled, compile_seconds_first_call=first, compile_error=error,
                    compiled_time_ratio=None if compiled is None else compiled / seconds)
     return rec
@@ -229,7 +237,7 @@ def run(args) -> list[dict]:
         policies.insert(0, ("eager", {}))
     if not any(name == "exact" and not params for name, params in policies):
         policies.insert(1, ("exact", {}))
-    records = []
+    records, compiled_cache = [], {}
     for logits in args.logits:
         for n in args.seq_len:
             q, k, v = (t.to(device, dtype) for t in make_qkv(args.batch, args.heads, n, args.head_dim, logits, dtype, device, args.seed))
@@ -239,7 +247,7 @@ def run(args) -> list[dict]:
                     "policy": name, "params": params, "seq_len": n, "batch": args.batch,
                     "heads": args.heads, "head_dim": args.head_dim, "dropout_p": args.dropout,
                     "dtype": args.dtype, "amp": args.amp, "device": device.type, "logits": logits,
-                    **measure(q, k, v, name, params, args),
+                    **measure(q, k, v, name, params, args, compiled_cache),
                 }
                 rec["state_bytes_per_score"] = rec["state_bytes"] / scores
                 eager = _base(records, rec, "eager") or rec              # eager is measured first
