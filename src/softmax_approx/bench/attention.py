@@ -309,11 +309,15 @@ def markdown_table(records: list[dict]) -> str:
                  f"{r['infer_time_ratio_vs_eager']:.2f}", *([_compiled(r)] if compiled else []),
                  f"{r['grad_cosine']:.5f}", f"{r['grad_rel_err']:.4f}"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    errors = {(_label(r), r["compile_error"]) for r in records if r.get("compile_error")}
-    if errors:
-        lines += ["", "Compile errors (`torch.compile(fullgraph=True)`):", ""]
-        lines += [f"- {label}: `{error}`" for label, error in sorted(errors)]
-    return "\n".join(lines)
+    return "\n".join(lines + compile_errors(records))
+
+
+def compile_errors(records: list[dict]) -> list[str]:
+    """Markdown lines listing each policy's compile error once (none: no lines)."""
+    errors = sorted({(_label(r), r["compile_error"]) for r in records if r.get("compile_error")})
+    if not errors:
+        return []
+    return ["", "Compile errors (`torch.compile(fullgraph=True)`):", "", *(f"- {label}: `{error}`" for label, error in errors)]
 
 
 def build_parser() -> argparse.ArgumentParser:

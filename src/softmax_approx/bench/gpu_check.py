@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--logits", choices=sorted(bench.LOGIT_SIGMA), default="peaked")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--compile", action="store_true",
+                   help="also time torch.compile(fullgraph=True) per policy (off by default: compiling "
+                        "every policy, size and precision does not fit the 8-minute budget)")
     p.add_argument("--tasks", nargs="+", default=list(TASKS), help=f"tasks to train ('none' = skip training; default {' '.join(TASKS)})")
     p.add_argument("--train-policies", nargs="+", default=list(TRAIN_POLICIES), help="attention=... of each training")
     p.add_argument("--train-steps", type=int, default=200)
@@ -115,6 +118,7 @@ def bench_args(args, precision: str, n: int) -> argparse.Namespace:
             "--head-dim", str(args.head_dim), "--logits", args.logits, "--repeats", str(args.repeats)]
     argv += [x for spec in args.policy or [] for x in ("--policy", spec)]
     argv += ["--amp", AMP[precision]] if AMP[precision] else []
+    argv += ["--compile"] if args.compile else []
     return bench.build_parser().parse_args(argv)
 
 
@@ -122,7 +126,7 @@ def run_bench(args, report: dict, save) -> None:
     """Benchmark each (precision, n) separately: an error (e.g. out of memory) loses only that one."""
     for precision in args.precisions:
         for n in args.seq_len:
-            print(f"gpu_check: attention benchmark {precision} n={n}", flush=True)
+            print(f"gpu_check: attention benchmark {precision} n={n}\n{bench.HEADER}", flush=True)
             try:
                 recs = bench.run(bench_args(args, precision, n))
                 report["bench"] += [dict(r, precision=precision) for r in recs]
@@ -236,14 +240,17 @@ def markdown(report: dict) -> str:
              "Saved = bytes kept for backward by the attention call (q, k, v included); peak = "
              "`max_memory_allocated` during one forward+backward minus the allocation before it "
              "(n/a off CUDA). Times are medians of {repeats}.".format(**report["options"]), ""]
-    cols = ["precision", "n", "policy", "state B/score", "saved MiB", "peak MiB fwd+bwd",
-            "time / eager", "time / sdpa", "infer time / eager", "grad cosine"]
+    compiled = bool(report["options"].get("compile"))
+    cols = ["precision", "n", "policy", "state B/score", "saved MiB", "peak MiB fwd+bwd", "time / eager",
+            "time / sdpa", "infer time / eager", *(["compiled / uncompiled"] if compiled else []), "grad cosine"]
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in report["bench"]:
         lines.append("| " + " | ".join(str(c) for c in [
             r["precision"], r["seq_len"], bench._label(r), f"{r['state_bytes_per_score']:.3f}",
             _mib(r["attention_saved_bytes"]), _mib(r["peak_bytes_fwd_bwd"]), _ratio(r["time_ratio_vs_eager"]),
-            _ratio(r.get("time_ratio_vs_sdpa")), _ratio(r["infer_time_ratio_vs_eager"]), f"{r['grad_cosine']:.5f}"]) + " |")
+            _ratio(r.get("time_ratio_vs_sdpa")), _ratio(r["infer_time_ratio_vs_eager"]),
+            *([bench._compiled(r)] if compiled else []), f"{r['grad_cosine']:.5f}"]) + " |")
+    lines += bench.compile_errors(report["bench"])
     for e in report["bench_errors"]:
         lines.append(f"\nFailed: {e['precision']} n={e['seq_len']}: `{e['error']}`")
     lines += ["", "## Training", "",
