@@ -163,9 +163,10 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def _tail_line(path: Path) -> str:
+    """The log's last meaningful line (Hydra's closing HYDRA_FULL_ERROR hint skipped)."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
-            lines = [ln.strip() for ln in deque(f, maxlen=40) if ln.strip()]
+            lines = [ln.strip() for ln in deque(f, maxlen=40) if ln.strip() and "HYDRA_FULL_ERROR" not in ln]
     except OSError:
         return ""
     return lines[-1] if lines else ""
@@ -189,6 +190,9 @@ def run_training(args, task: str, policy: str, out: Path, timeout: float) -> dic
         except subprocess.TimeoutExpired:
             _kill_group(proc)
             rc = None
+        except BaseException:              # Ctrl-C reaches only our group: take the run down too
+            _kill_group(proc)
+            raise
     row["seconds"] = time.monotonic() - start
     row["returncode"] = rc
     try:
