@@ -254,12 +254,12 @@ def _cli(args, cwd):
 
 def test_cli_bad_config_exits_2_with_one_line_before_reading_data(tmp_path):
     # The data dir is empty: the run must stop at the config check, before any data access.
-    r = _cli(["model.n_heads=3", f"paths.data_dir={tmp_path}", f"paths.log_dir={tmp_path}/logs"], tmp_path)
+    r = _cli(["model.n_heads=3", f"paths.data_dir={tmp_path}"], tmp_path)
     assert r.returncode == 2, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert lines == [lines[-1]] or not any("Traceback" in ln for ln in lines), r.stderr
     assert lines[-1].startswith("error: model.n_heads=3 does not divide model.d_model="), r.stderr
-    assert not (tmp_path / "logs").exists() or not list((tmp_path / "logs").rglob("results.json"))
+    assert not list(tmp_path.rglob("results.json"))
 
 
 @pytest.mark.parametrize(
@@ -284,8 +284,9 @@ def test_entry_point_user_error_exits_2(tmp_path, capsys, monkeypatch):
     """Missing data through the real @hydra.main wrapper: one line naming the file and the fix."""
     from softmax_approx import train as train_mod
 
+    monkeypatch.chdir(tmp_path)  # a fresh working directory: outputs/ goes there
     monkeypatch.setattr(sys, "argv", ["softmax-approx-train", f"paths.data_dir={tmp_path}/none",
-                                      f"paths.log_dir={tmp_path}/logs", "logger=none", "hydra/job_logging=disabled"])
+                                      "logger=none", "hydra/job_logging=disabled"])
     GlobalHydra.instance().clear()
     with pytest.raises(SystemExit) as info:
         train_mod.main()
@@ -297,11 +298,12 @@ def test_entry_point_user_error_exits_2(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.slow
 def test_cli_multirun_dirs_and_results(tmp_path, data_dir):
-    """Real CLI sweep: one sweep dir, one numbered subdir per job, each with its results.json."""
-    r = _cli(["-m", "seed=0,1", f"paths.data_dir={data_dir}", f"paths.log_dir={tmp_path}/logs", "logger=csv",
+    """Real CLI sweep from a fresh working directory (no log-dir override): one sweep dir under
+    ./outputs/multiruns, one numbered subdir per job, each with its results.json and job id."""
+    r = _cli(["-m", "seed=0,1", f"paths.data_dir={data_dir}", "logger=csv",
               *[o for o in __import__("conftest").TINY if not o.startswith("logger=")]], tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
-    sweeps = list((tmp_path / "logs" / "multiruns").iterdir())
+    sweeps = list((tmp_path / "outputs" / "multiruns").iterdir())
     assert len(sweeps) == 1
     recs = sorted((json_load(p) for p in sweeps[0].glob("*/results.json")), key=lambda x: x["seed"])
     assert [x["seed"] for x in recs] == [0, 1] and all(x["status"] == "completed" for x in recs)
