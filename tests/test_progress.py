@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from softmax_approx.tasks.progress import ProgressLog
+from softmax_approx.harness.progress import ProgressLog
 
 
 def fake_trainer(step, total=400):

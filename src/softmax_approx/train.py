@@ -25,19 +25,19 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import get_class
 from omegaconf import DictConfig
 
-from softmax_approx.harness.distributed import DistributedJob
+from softmax_approx.conf import CONFIG_MODULE, CONFIG_NAME, CONFIG_PATH
 from softmax_approx.harness import sweep as sweep_summary
-from softmax_approx.harness.callbacks import FaultInjection, LastCheckpoint
-from softmax_approx.utils.errors import UserError, one_line
-from softmax_approx.utils.run_record import RunRecord
-from softmax_approx.harness.instantiate import instantiate_callbacks, instantiate_loggers, instantiate_model
+from softmax_approx.harness.build import build_datamodule, build_module, build_trainer
+from softmax_approx.harness.callbacks import LastCheckpoint
+from softmax_approx.harness.distributed import DistributedJob
+from softmax_approx.harness.measure import run_stats
 from softmax_approx.harness.results import jsonable, new_record, resolved_config, results_path, write_results
 from softmax_approx.harness.resume import decide, read_record
-from softmax_approx.conf import CONFIG_MODULE, CONFIG_NAME, CONFIG_PATH
 from softmax_approx.harness.validation import validate_config
+from softmax_approx.utils.errors import UserError, one_line
+from softmax_approx.utils.run_record import RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -86,30 +86,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         write_results(out_path, record)
     objects: dict[str, Any] = {"cfg": cfg}
     try:
-        datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.task.datamodule, _convert_="all")
-        datamodule.prepare_data()
-        datamodule.setup("fit")
-        module_cls = get_class(cfg.task.module._target_)
-        net = instantiate_model(cfg.model, **module_cls.net_kwargs(datamodule))
-        # Task-specific constructor arguments live in task.module (e.g. n_classes); the shared
-        # ones (optimizer, measurement knobs; the policy is the model's) are the same for every BaseTask.
-        module = hydra.utils.instantiate(
-            cfg.task.module,
-            _convert_="all",
-            net=net,
-            optimizer=hydra.utils.instantiate(cfg.optimizer),
-            scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-            memory_warmup_steps=cfg.memory.warmup_steps,
-            memory_measure_steps=cfg.memory.measure_steps,
-            timing_skip_steps=cfg.timing.skip_steps,
-            probe_every_n_steps=cfg.probe.every_n_steps,
-        )
-        loggers = instantiate_loggers(cfg.get("logger"), default_group=cfg.get("experiment_name") or sweep, run_dir=run_dir)
-        callbacks = instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(loggers))
-        fault = cfg.get("fault") or {}
-        if fault.get("fail_at_step") is not None or fault.get("nan_at_step") is not None:
-            callbacks.append(FaultInjection(fault.get("fail_at_step"), fault.get("nan_at_step")))
-        trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        datamodule = build_datamodule(cfg, "fit")
+        module = build_module(cfg, datamodule)
+        trainer, callbacks, loggers = build_trainer(cfg, run_dir, group=sweep)
         objects.update(datamodule=datamodule, model=module, trainer=trainer, callbacks=callbacks, loggers=loggers)
         record.params = module.param_counts()
         for lg in loggers:
@@ -127,7 +106,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
                 if isinstance(cb, LastCheckpoint):
                     metrics.update(cb.restored_metrics)
             metrics.update(_floats(trainer.callback_metrics))
-            stats = module.run_stats()
+            stats = run_stats(callbacks, module)
             record.update(memory=stats["memory"], fidelity=stats["fidelity"], params=stats["params"],
                           timing={"train_seconds": train_seconds, **stats["timing"]})
         if cfg.get("test"):

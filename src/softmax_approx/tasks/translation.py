@@ -24,39 +24,20 @@ holds the activation bytes of encoder self-, decoder self- and cross-attention s
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning as L
 import torch
-from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MaxMetric, MeanMetric
 
 from softmax_approx.models.decoding import decode as run_decoding
 from softmax_approx.models.translator import activation_memory_by_kind
 from softmax_approx.tasks.base import BaseTask
 from softmax_approx.tasks.bleu import corpus_bleu
+from softmax_approx.tasks.schedules import inverse_sqrt  # conf's _target_ name
 from softmax_approx.utils.errors import ConfigError
 
 __all__ = ["TranslationTask", "TranslationModule", "inverse_sqrt", "label_smoothed_nll_loss"]
-
-
-def inverse_sqrt(optimizer: torch.optim.Optimizer, total_steps: int | None = None, warmup_steps: int = 4000) -> LambdaLR:
-    """fairseq's ``inverse_sqrt``: lr = base_lr * min(n / warmup, sqrt(warmup / n)).
-
-    ``n`` is the number of the update being taken (1 for the first), so the first update uses
-    base_lr / warmup rather than fairseq's 0 (its ``warmup_init_lr`` default). ``total_steps``
-    is accepted for the harness's scheduler signature and ignored: the schedule never ends.
-    """
-    if int(warmup_steps) < 1:
-        raise ConfigError(f"scheduler.warmup_steps={warmup_steps}: inverse_sqrt needs >= 1 (use scheduler=null for a constant lr)")
-    warmup = int(warmup_steps)
-
-    def factor(step: int) -> float:
-        n = step + 1
-        return min(n / warmup, math.sqrt(warmup / n))
-
-    return LambdaLR(optimizer, factor)
 
 
 def label_smoothed_nll_loss(logits: torch.Tensor, target: torch.Tensor, epsilon: float,
@@ -137,19 +118,15 @@ class TranslationTask(BaseTask):
         return {"pad_id": dm.pad_id, "bos_id": dm.bos_id, "eos_id": dm.eos_id}
 
     # ------------------------------------------------------------------ training
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        measure = self._measure_this_step
-        loss = super().training_step(batch, batch_idx)
-        if measure and self.memory is not None and self.hparams.measure_by_kind and "by_kind" not in self.memory:
-            self.memory["by_kind"] = self._memory_by_kind(batch)
-        return loss
-
-    def _memory_by_kind(self, batch: dict) -> dict:
-        """Encoder self / decoder self / cross-attention bytes on this batch (extra forward;
-        the RNG state is restored so training is unaffected)."""
+    def memory_details(self, batch: dict) -> dict:
+        """``by_kind``: encoder self / decoder self / cross-attention bytes on the batch the
+        memory meter keeps (an extra forward; the RNG state is restored so training is unaffected)."""
+        if not self.hparams.measure_by_kind:
+            return {}
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            return activation_memory_by_kind(self.net, batch["src_ids"], batch["src_mask"], batch["tgt_in"], batch["tgt_mask"])
+            return {"by_kind": activation_memory_by_kind(
+                self.net, batch["src_ids"], batch["src_mask"], batch["tgt_in"], batch["tgt_mask"])}
 
     def log_train(self, loss: torch.Tensor, out: dict, batch: dict) -> None:
         super().log_train(loss, out, batch)

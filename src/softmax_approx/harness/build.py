@@ -1,0 +1,53 @@
+"""Build a run's objects from a composed config: DataModule, task module, callbacks, loggers,
+Trainer. Shared by ``train`` and ``eval`` so both build the same things the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import get_class
+from omegaconf import DictConfig
+
+from softmax_approx.harness.callbacks import FaultInjection
+from softmax_approx.harness.instantiate import instantiate_callbacks, instantiate_loggers, instantiate_model
+from softmax_approx.harness.measure import measurement_callbacks
+
+
+def build_datamodule(cfg: DictConfig, stage: str) -> L.LightningDataModule:
+    """The task's DataModule, prepared and set up for ``stage`` (``fit`` or ``test``)."""
+    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.task.datamodule, _convert_="all")
+    datamodule.prepare_data()
+    datamodule.setup(stage)
+    return datamodule
+
+
+def build_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.LightningModule:
+    """The task module around a fresh model. Task-specific constructor arguments live in
+    ``task.module`` (e.g. n_classes); the optimizer and scheduler are the same for every
+    BaseTask; the attention policy is the model's (``model.policy``)."""
+    module_cls = get_class(cfg.task.module._target_)
+    net = instantiate_model(cfg.model, **module_cls.net_kwargs(datamodule))
+    return hydra.utils.instantiate(
+        cfg.task.module,
+        _convert_="all",
+        net=net,
+        optimizer=hydra.utils.instantiate(cfg.optimizer),
+        scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+    )
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, group: str | None = None,
+                  training: bool = True) -> tuple[L.Trainer, list[Any], list[Any]]:
+    """(trainer, callbacks, loggers). With ``training``, the measurement callbacks come first
+    (their order matters: ``harness.measure``), then the configured ones, then the fault aid."""
+    loggers = instantiate_loggers(cfg.get("logger"), default_group=cfg.get("experiment_name") or group, run_dir=run_dir)
+    callbacks = measurement_callbacks(cfg) if training else []
+    callbacks += instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(loggers))
+    fault = cfg.get("fault") or {}
+    if training and (fault.get("fail_at_step") is not None or fault.get("nan_at_step") is not None):
+        callbacks.append(FaultInjection(fault.get("fail_at_step"), fault.get("nan_at_step")))
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return trainer, callbacks, loggers
