@@ -247,3 +247,56 @@ def test_test_outputs_come_back_in_the_split_order(tmp_path):
 def test_bad_eval_max_tokens_names_the_key(tmp_path):
     with pytest.raises(ValueError, match="eval_max_tokens"):
         TranslationDataModule(task="multi30k", data_dir=str(tmp_path), eval_max_tokens=0)
+
+
+# ---------------------------------------------------------------- the decoding benchmark
+TINY_BENCH = ["--override", "d_model=16", "--override", "n_heads=2", "--override", "d_ff=32",
+              "--override", "n_layers=1", "--vocab", "64", "--sentences", "6", "--max-tokens", "64"]
+
+
+def test_decode_benchmark_records_and_forced_lengths(tmp_path):
+    from softmax_approx.bench import main
+    from softmax_approx.bench.decode import LENGTHS, sample_lengths
+
+    out, md = tmp_path / "d.json", tmp_path / "d.md"
+    assert main(["decode", *TINY_BENCH, "--json", str(out), "--markdown", str(md)]) == 0
+    recs = __import__("json").loads(out.read_text())
+    assert {(r["preset"], r["beam"], r["cached"]) for r in recs} == {
+        (p, b, c) for p in ("transformer_iwslt", "transformer_multi30k") for b in (1, 5) for c in (True, False)}
+    for r in recs:
+        want = sum(t for _, t in sample_lengths(r["lengths"], 6))  # every output has its forced length
+        assert r["tokens"] == want and r["sentences"] == 6
+        assert r["sentences_per_second"] > 0 and r["tokens_per_second"] == pytest.approx(want / r["seconds"])
+        assert (r["speedup_vs_uncached"] is not None) == r["cached"]
+    assert md.read_text().count("\n") == len(recs) + 2
+    for table in LENGTHS.values():  # the committed percentile tables are sorted samples of 100 pairs
+        assert len(table) == 100 and table == sorted(table)
+
+
+def test_decode_benchmark_reads_a_checkpoint(tmp_path):
+    import json
+
+    from softmax_approx.bench import main
+
+    net = tiny(V=40)
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "checkpoints" / "best.ckpt")
+    model_cfg = dict(_target_="softmax_approx.models.translator.Translator", kind="translation", d_model=32, n_heads=4,
+                     d_ff=64, n_layers=2, dropout=0.0, policy="eager", policy_params=None)
+    (tmp_path / "results.json").write_text(json.dumps({"config": {"model": model_cfg, "task": {"name": "iwslt14_mini"}}}))
+    out = tmp_path / "d.json"
+    assert main(["decode", "--ckpt", str(tmp_path / "checkpoints" / "best.ckpt"), "--beam", "2",
+                 "--sentences", "4", "--json", str(out)]) == 0
+    recs = json.loads(out.read_text())
+    assert [r["preset"] for r in recs] == ["checkpoint", "checkpoint"] and recs[0]["lengths"] == "iwslt14"
+
+
+def test_decode_benchmark_usage_errors_exit_2():
+    from softmax_approx.bench import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["decode", "--sentences", "0"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main(["decode", "--override", "d_model"])
+    assert e.value.code == 2
