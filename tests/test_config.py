@@ -69,7 +69,7 @@ def test_attention_files_hold_exactly_their_policy_parameters():
 # config tree that silently moves one of these values fails here; change the table on purpose.
 # (optimizer, lr, scheduler (or None), warm-up, epochs, batch_size, max_tokens, max_len, vocab_size)
 ADAMW, ADAM = "torch.optim.AdamW", "torch.optim.Adam"
-LINEAR, CONSTANT, INV_SQRT = "tasks.base.linear_warmup_decay", "tasks.base.constant_lr", "tasks.translation.inverse_sqrt"
+LINEAR, CONSTANT, INV_SQRT = "tasks.schedules.linear_warmup_decay", "tasks.schedules.constant_lr", "tasks.schedules.inverse_sqrt"
 RECIPES = {
     ("sst2", "smoke"): (ADAMW, 1e-3, LINEAR, 5, 1, 32, None, 64, 2000),
     ("sst2", "cpu"): (ADAMW, 5e-4, LINEAR, 200, 3, 64, None, 64, 16000),
@@ -143,7 +143,7 @@ def test_variant_inherits_its_base_task():
 def test_constant_lr_keeps_the_base_rate():
     import torch
 
-    from softmax_approx.tasks.base import constant_lr
+    from softmax_approx.tasks.schedules import constant_lr
 
     for warmup, want in ((0, [1.0, 1.0, 1.0, 1.0]), (2, [0.5, 1.0, 1.0, 1.0])):
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
