@@ -183,3 +183,99 @@ def test_imdb_datamodule_from_tarball(tmp_path):
     assert dm.split_sizes_full == {"train": 10, "val": 2, "test": 12}
     batch = next(iter(dm.val_dataloader()))
     assert batch["input_ids"].shape[0] == 2
+
+
+# ---------------------------------------------------------------- leak-free SST-2 validation
+def _write_treebank_tsv(tmp_path: Path, n_sentences: int = 40, seed: int = 0) -> tuple[list[str], Path]:
+    """GLUE-like train.tsv: whole sentences plus labelled sub-phrases of them (like SST's)."""
+    import random
+
+    rng = random.Random(seed)
+    words = "the a film movie plot is was not very good bad dull funny smart and but it".split()
+    sentences = [" ".join(rng.choice(words) for _ in range(rng.randint(6, 14))) + f" w{i}" for i in range(n_sentences)]
+    rows = []
+    for s in sentences:
+        toks = s.split()
+        rows.append(s)
+        for _ in range(5):
+            a = rng.randrange(len(toks))
+            b = rng.randint(a + 1, len(toks))
+            rows.append(" ".join(toks[a:b]))
+    rng.shuffle(rows)
+    d = tmp_path / "sst2"
+    d.mkdir(parents=True, exist_ok=True)
+    lines = ["sentence\tlabel"] + [f"{r} \t{i % 2}" for i, r in enumerate(rows)]
+    (d / "train.tsv").write_text("\n".join(lines) + "\n")
+    (d / "dev.tsv").write_text("sentence\tlabel\na dev sentence \t1\nanother one \t0\n")
+    return sentences, d
+
+
+def _spans(text: str) -> set[str]:
+    t = text.split()
+    return {" ".join(t[a:b]) for a in range(len(t)) for b in range(a + 1, len(t) + 1)}
+
+
+def test_sentence_holdout_leaves_no_held_out_text_in_training(tmp_path):
+    sentences, _ = _write_treebank_tsv(tmp_path)
+    dm = _dm(tmp_path, val_size=8, subset=None)
+    dm.setup()
+    rows = read_glue_sst2(tmp_path / "sst2" / "train.tsv")
+    splits, _ = dm.splits()
+    val = {r.text for r in splits["val"]}
+    train = [r.text for r in splits["train"]]
+    assert {k: len(v) for k, v in dm.datasets.items()} == {"train": len(train), "val": 8, "test": 2}
+    assert len(val) == 8 and val <= set(sentences)  # whole sentences only
+    leaked = set().union(*(_spans(v) for v in val))
+    assert not [t for t in train if t in leaked]  # no held-out sentence, no sub-phrase of one
+    info = dm.split_info
+    assert info["train_rows_dropped_for_val"] == len(rows) - len(train) - 8 > 0
+    assert info["train_rows_read"] == len(rows) and info["train_rows"] == len(train)
+    # nothing else is lost: every row that is no span of a held-out sentence is trained on
+    assert sorted(train) == sorted(r.text for r in rows if r.text not in leaked)
+
+
+def test_sentence_holdout_is_seeded_and_counts_sentences():
+    from softmax_approx.data.readers import sentence_holdout
+
+    texts = ["a b c d", "b c", "c d", "a b", "e f g", "f g", "h i j k", "i j", "E  F g", "x"]
+    s = sentence_holdout(texts, 2, 0, what="t")
+    # sentences: "a b c d", "e f g" (and its duplicate "E  F g" after normalizing), "h i j k", "x"
+    assert s.n_sentences == 4
+    assert sorted(s.kept + s.held + s.dropped) == list(range(len(texts)))
+    assert s == sentence_holdout(texts, 2, 0, what="t")
+    held = {texts[i] for i in s.held}
+    for i in s.kept:
+        assert not any(texts[i] in h for h in held)
+    with pytest.raises(DataError, match="between 1 and 3 whole sentences"):
+        sentence_holdout(texts, 4, 0, what="t")
+
+
+# ---------------------------------------------------------------- content-keyed tokenizer cache
+def test_tokenizer_cache_is_keyed_by_content_not_mtime(tmp_path):
+    write_sst2(tmp_path)
+    dm1 = _dm(tmp_path)
+    dm1.setup()
+    assert dm1.tokenizer_sha256 == tokmod.tokenizer_sha256(dm1.tokenizer)
+    before = tokmod.TRAIN_COUNT
+    train = tmp_path / "sst2" / "train.tsv"
+    os.utime(train, ns=(10**18, 10**18))  # touch: same content
+    dm2 = _dm(tmp_path)
+    dm2.setup()
+    assert tokmod.TRAIN_COUNT == before and dm2.tokenizer_path == dm1.tokenizer_path
+    assert dm2.tokenizer_sha256 == dm1.tokenizer_sha256
+    train.write_text(train.read_text().replace("film", "mlif"))  # same size, new content
+    dm3 = _dm(tmp_path)
+    dm3.setup()
+    assert tokmod.TRAIN_COUNT == before + 1 and dm3.tokenizer_path != dm1.tokenizer_path
+    assert dm3.tokenizer_sha256 != dm1.tokenizer_sha256
+
+
+def test_rebuilt_cache_gives_the_same_tokenizer(tmp_path):
+    write_sst2(tmp_path)
+    dm1 = _dm(tmp_path)
+    dm1.setup()
+    dm1.tokenizer_path.unlink()
+    dm2 = _dm(tmp_path, cache_dir=str(tmp_path / "other-cache"))
+    dm2.setup()
+    assert dm2.tokenizer_path.read_bytes() == dm1.tokenizer.to_str().encode()
+    assert [e["ids"] for e in dm2.datasets["train"].items] == [e["ids"] for e in dm1.datasets["train"].items]

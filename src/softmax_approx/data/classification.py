@@ -3,8 +3,11 @@
 Splits (say these in any table):
 
 * **sst2**: GLUE's test labels are not public, so GLUE **dev** (872 rows) is our **test**
-  split; ``val_size`` rows (default 872) are held out of GLUE train with ``random.Random(split_seed)``
-  for model selection, the rest (66,477 by default) is trained on.
+  split. GLUE's train file holds 6,885 whole sentences *and* their labelled sub-phrases (67,349
+  rows), so validation is held out leak-free (``readers.sentence_holdout``): ``val_size`` whole
+  sentences (default 872) are drawn with ``random.Random(split_seed)``, and every training row
+  that is a token span of a held-out sentence is dropped (9,183 rows with the defaults); the
+  remaining 57,294 rows are trained on. ``split_info`` says how many rows were dropped.
 * **imdb**: official train/test (25,000 each); ``val_size`` reviews (default 1,000) are held
   out of train with the same seeded rule.
 
@@ -15,13 +18,14 @@ split with a sample seeded by ``split_seed``, for the smoke profile. ``seed`` on
 the order of the training batches. Texts are truncated to ``max_len`` tokens (the head is kept; with
 ``prepend_cls`` the first token is ``<cls>`` and counts towards ``max_len``).
 
-The WordPiece tokenizer is trained on the (full, un-subsetted) training part only and cached
-under ``cache_dir`` (default ``<data_dir>/.cache``, or ``~/.cache/softmax_approx`` when the
-data folder is read-only).
+The WordPiece tokenizer is trained (deterministically) on the (full, un-subsetted) training part
+only and cached under ``cache_dir`` (default ``<data_dir>/.cache``, or ``~/.cache/softmax_approx``
+when the data folder is read-only), keyed by the settings and the input files' content.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -30,9 +34,16 @@ import torch
 
 from softmax_approx.data.base import BucketedDataModule
 from softmax_approx.data.batching import ClassificationCollator
-from softmax_approx.data.files import check_files, input_signature, resolve_cache_dir
-from softmax_approx.data.readers import TextExample, holdout_split, read_glue_sst2, read_imdb, seeded_subset
-from softmax_approx.data.tokenizer import load_or_train
+from softmax_approx.data.files import check_files, resolve_cache_dir
+from softmax_approx.data.readers import (
+    TextExample,
+    holdout_split,
+    read_glue_sst2,
+    read_imdb,
+    seeded_subset,
+    sentence_holdout,
+)
+from softmax_approx.data.tokenizer import content_signature, load_or_train, tokenizer_sha256
 from softmax_approx.data import tokenizer as tokmod
 from softmax_approx.utils.errors import ConfigError
 
@@ -42,6 +53,13 @@ TEST_SPLIT_NAME = {
     "imdb": "imdb test (official, 25,000 reviews)",
 }
 NUM_CLASSES = 2
+#: how the validation rows are held out of the training file, per task (part of the cache key)
+VAL_RULE = {
+    "sst2": "whole sentences; training rows that are token spans of a held-out sentence dropped",
+    "imdb": "random reviews",
+}
+
+log = logging.getLogger(__name__)
 
 
 class _ListDataset(torch.utils.data.Dataset):
@@ -124,6 +142,8 @@ class ClassificationDataModule(BucketedDataModule):
         self.datasets: dict[str, _ListDataset] = {}
         self.setup_seconds: float | None = None
         self.tokenizer_path: Path | None = None
+        self.tokenizer_sha256: str | None = None
+        self.split_info: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ cheap checks
     def check_files(self) -> dict[str, Path]:
@@ -138,23 +158,45 @@ class ClassificationDataModule(BucketedDataModule):
         imdb = read_imdb(files["imdb"].parent)
         return imdb["train"], imdb["test"], [files["imdb"]]
 
+    def splits(self) -> tuple[dict[str, list[TextExample]], list[Path]]:
+        """The full train/val/test rows (before ``subset``) and the tokenizer's input files.
+
+        Also sets ``split_sizes_full`` and ``split_info`` (the validation rule and, for SST-2,
+        how many training rows were dropped because they occur inside a held-out sentence).
+        """
+        train_all, test, tok_inputs = self._read()
+        what = f"{self.task} train"
+        if self.task == "sst2":
+            split = sentence_holdout([e.text for e in train_all], self.val_size, self.split_seed, what=what)
+            kept, held, dropped = split.kept, split.held, len(split.dropped)
+        else:
+            kept, held = holdout_split(len(train_all), self.val_size, self.split_seed, what=what)
+            dropped = 0
+        out = {"train": [train_all[i] for i in kept], "val": [train_all[i] for i in held], "test": test}
+        self.split_sizes_full = {k: len(v) for k, v in out.items()}
+        self.split_info = {"val_rule": VAL_RULE[self.task], "train_rows_read": len(train_all),
+                           "train_rows_dropped_for_val": dropped,
+                           **{f"{k}_rows": v for k, v in self.split_sizes_full.items()}}
+        if dropped:
+            log.info("%s: %d whole sentences held out for validation; %d training rows inside them dropped "
+                     "(%d of %d rows trained on)", self.task, len(held), dropped, len(kept), len(train_all))
+        return out, tok_inputs
+
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
         t0 = time.perf_counter()
-        train_all, test, tok_inputs = self._read()
-        kept, held = holdout_split(len(train_all), self.val_size, self.split_seed, what=f"{self.task} train")
-        train = [train_all[i] for i in kept]
-        val = [train_all[i] for i in held]
-        self.split_sizes_full = {"train": len(train), "val": len(val), "test": len(test)}
+        splits, tok_inputs = self.splits()
+        train = splits["train"]
 
         settings = {
             "kind": "classification",
             "task": self.task,
             "vocab_size": self.requested_vocab_size,
             "val_size": self.val_size,
+            "val_rule": VAL_RULE[self.task],
             "split_seed": self.split_seed,
-            "inputs": input_signature(tok_inputs),
+            "inputs": content_signature(tok_inputs),
         }
         if self.hf_tokenizer:
             self._load_hf_tokenizer()
@@ -163,12 +205,12 @@ class ClassificationDataModule(BucketedDataModule):
             self.tokenizer = load_or_train(
                 "classification", self.tokenizer_path, lambda: (e.text for e in train), self.requested_vocab_size
             )
+            self.tokenizer_sha256 = tokenizer_sha256(self.tokenizer)
             self.vocab_size = self.tokenizer.get_vocab_size()
             self.pad_id = self.tokenizer.token_to_id("<pad>")
             self.unk_id = self.tokenizer.token_to_id("<unk>")
             self.cls_id = self.tokenizer.token_to_id("<cls>")
 
-        splits = {"train": train, "val": val, "test": test}
         for i, name in enumerate(("train", "val", "test")):
             rows = seeded_subset(splits[name], self.subset[name], self.split_seed + 1 + i)
             self.datasets[name] = _ListDataset(self._encode(rows))
@@ -182,6 +224,7 @@ class ClassificationDataModule(BucketedDataModule):
         hf = AutoTokenizer.from_pretrained(self.hf_tokenizer)
         self.tokenizer = hf.backend_tokenizer
         self.tokenizer.enable_truncation(self.max_len)
+        self.tokenizer_sha256 = tokenizer_sha256(self.tokenizer)
         self.vocab_size = len(hf)
         self.pad_id = hf.pad_token_id if hf.pad_token_id is not None else hf.eos_token_id
         self.unk_id = hf.unk_token_id if hf.unk_token_id is not None else self.pad_id

@@ -44,7 +44,7 @@ from softmax_approx.data import tokenizer as tokmod
 from softmax_approx.data.base import BucketedDataModule
 from softmax_approx.data.batching import BucketBatchSampler, TranslationCollator
 from softmax_approx.data.classification import _check_subset, _ListDataset
-from softmax_approx.data.files import check_files, input_signature, resolve_cache_dir
+from softmax_approx.data.files import check_files, resolve_cache_dir
 from softmax_approx.data.readers import holdout_split, iter_text, read_parallel, seeded_subset
 from softmax_approx.utils.errors import ConfigError
 
@@ -120,6 +120,7 @@ class TranslationDataModule(BucketedDataModule):
         self.datasets: dict[str, _ListDataset] = {}
         self.setup_seconds: float | None = None
         self.tokenizer_path: Path | None = None
+        self.tokenizer_sha256: str | None = None
         self.test_split_name = self._describe_test()
 
     def _describe_test(self) -> str:
@@ -169,13 +170,14 @@ class TranslationDataModule(BucketedDataModule):
             "vocab_size": self.requested_vocab_size,
             "split_seed": self.split_seed,
             "mini_val_size": self.mini_val_size if self.task == "iwslt14_mini" else None,
-            "inputs": input_signature(tok_inputs),
+            "inputs": tokmod.content_signature(tok_inputs),
         }
         self.tokenizer_path = tokmod.cache_path(self.cache_dir, self.task, settings)
         train = splits["train"]
         self.tokenizer = tokmod.load_or_train(
             "translation", self.tokenizer_path, lambda: iter_text(train), self.requested_vocab_size
         )
+        self.tokenizer_sha256 = tokmod.tokenizer_sha256(self.tokenizer)
         self.vocab_size = self.tokenizer.get_vocab_size()
         self.pad_id = self.tokenizer.token_to_id("<pad>")
         self.unk_id = self.tokenizer.token_to_id("<unk>")
