@@ -287,12 +287,12 @@ def _cli(args: list[str], cwd: Path, timeout: int = 240) -> subprocess.Completed
 
 
 def _tiny_cli(data_dir: Path, tmp_path: Path) -> list[str]:
-    return [f"paths.data_dir={data_dir}", f"paths.log_dir={tmp_path}/logs", "logger=csv",
+    return [f"paths.data_dir={data_dir}", "logger=csv",  # outputs/ under the test's working dir
             *[o for o in TINY if not o.startswith("logger=")]]
 
 
 def _records(tmp_path: Path) -> tuple[Path, list[dict]]:
-    sweeps = list((tmp_path / "logs" / "multiruns").iterdir())
+    sweeps = list((tmp_path / "outputs" / "multiruns").iterdir())
     assert len(sweeps) == 1, sweeps  # one sweep: no rank re-ran the sweep
     recs = sorted((json.loads(p.read_text()) for p in sweeps[0].rglob("results.json")), key=lambda r: r["seed"])
     return sweeps[0], recs
