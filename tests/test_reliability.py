@@ -441,10 +441,10 @@ def test_real_multirun_survives_failing_jobs_then_exits_1(tmp_path, data_dir):
     """Job 0: simulated CUDA OOM at step 1; job 1: invalid value (exit 2 in a single run);
     job 2: fine. All three run, the failures are recorded, then the command exits 1."""
     args = [a for a in _cli_args(data_dir, extra=["trainer.max_epochs=1"]) if a not in EPOCHS3]
-    r = subprocess.run([sys.executable, "-m", "softmax_approx.train", "-m", "fault.fail_at_step=1,-1,null",
-                        f"paths.log_dir={tmp_path}/logs", *args], env=_env(), capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "softmax_approx.train", "-m", "fault.fail_at_step=1,-1,null", *args],
+                       cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 1, r.stderr[-3000:]
-    (sweep,) = list((tmp_path / "logs" / "multiruns").iterdir())
+    (sweep,) = list((tmp_path / "outputs" / "multiruns").iterdir())
     recs = [load_results(sweep / str(i) / "results.json") for i in range(3)]
     assert [x["status"] for x in recs] == ["failed", "failed", "completed"]
     assert recs[0]["error"].startswith("SimulatedOutOfMemory: CUDA out of memory")
@@ -457,7 +457,7 @@ def test_real_multirun_survives_failing_jobs_then_exits_1(tmp_path, data_dir):
     # the same sweep again into the same sweep dir: the completed job is skipped, not retrained
     before = (sweep / "2" / "results.json").read_text()
     r2 = subprocess.run([sys.executable, "-m", "softmax_approx.train", "-m", "fault.fail_at_step=1,-1,null",
-                         f"paths.log_dir={tmp_path}/logs", f"hydra.sweep.dir={sweep}", *args], env=_env(),
+                         f"hydra.sweep.dir={sweep}", *args], cwd=tmp_path, env=_env(),
                         capture_output=True, text=True, timeout=300)
     assert r2.returncode == 1 and "already completed; not training again" in r2.stdout, r2.stderr[-2000:]
     assert (sweep / "2" / "results.json").read_text() == before
