@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
+import pooch
 import pytest
+import requests
 
 from softmax_approx.data.__main__ import main as cli
 from softmax_approx.data.download import download, download_sst2, fetch, write_imdb_tree_from_hf
@@ -24,45 +24,67 @@ from fixtures_data import write_iwslt_tgz  # noqa: E402
 def _source(tmp_path: Path, data: bytes = b"hello data\n") -> tuple[str, str]:
     src = tmp_path / "remote.bin"
     src.write_bytes(data)
-    return src.as_uri(), hashlib.sha256(data).hexdigest()
+    return "https://example.invalid/remote.bin", hashlib.sha256(data).hexdigest()
 
 
-def test_fetch_verifies_and_renames(tmp_path):
+class FakeServer:
+    """A pooch downloader serving local bytes; the first ``failures`` calls fail like a network."""
+
+    def __init__(self, data: bytes = b"hello data\n", failures: int = 0):
+        self.data, self.failures, self.calls = data, failures, 0
+
+    def __call__(self, url, output_file, pooch_obj):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise requests.exceptions.ConnectionError("Name or service not known")
+        Path(output_file).write_bytes(self.data)
+
+
+@pytest.fixture(autouse=True)
+def _no_retry_wait(monkeypatch):
+    monkeypatch.setattr(pooch.core.time, "sleep", lambda s: None)
+
+
+def test_fetch_verifies_and_keeps_a_matching_file(tmp_path):
     url, sha = _source(tmp_path)
-    dest = fetch(url, tmp_path / "out" / "f.bin", sha, backoff=0)
-    assert dest.read_bytes() == b"hello data\n"
+    server = FakeServer()
+    dest = fetch(url, tmp_path / "out" / "f.bin", sha, downloader=server)
+    assert dest.read_bytes() == b"hello data\n" and server.calls == 1
     assert [p.name for p in dest.parent.iterdir()] == ["f.bin"]  # no temp file left
+    fetch(url, dest, sha, downloader=server)
+    assert server.calls == 1  # checked, not downloaded again
+    dest.write_bytes(b"tampered")
+    fetch(url, dest, sha, downloader=server)
+    assert server.calls == 2 and dest.read_bytes() == b"hello data\n"  # a wrong file is replaced
 
 
 def test_checksum_mismatch_leaves_no_file(tmp_path):
     url, _ = _source(tmp_path)
-    with pytest.raises(DataError, match="sha256 .* does not match"):
-        fetch(url, tmp_path / "out" / "f.bin", "0" * 64, backoff=0)
+    with pytest.raises(DataError, match="sha256 .* does not match the expected 000000000000") as e:
+        fetch(url, tmp_path / "out" / "f.bin", "0" * 64, downloader=FakeServer())
+    assert "\n" not in str(e.value)
     assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_retry_then_success(tmp_path):
     url, sha = _source(tmp_path)
-    calls = []
-
-    def flaky(u, timeout):
-        calls.append(u)
-        if len(calls) < 3:
-            raise urllib.error.URLError("temporary failure")
-        return urllib.request.urlopen(u, timeout=timeout)
-
-    dest = fetch(url, tmp_path / "out" / "f.bin", sha, backoff=0, opener=flaky)
-    assert len(calls) == 3 and dest.is_file()
+    server = FakeServer(failures=2)
+    dest = fetch(url, tmp_path / "out" / "f.bin", sha, downloader=server)
+    assert server.calls == 3 and dest.is_file()
 
 
 def test_offline_gives_one_line_error_and_no_file(tmp_path):
-    def offline(u, timeout):
-        raise urllib.error.URLError("Name or service not known")
-
+    server = FakeServer(failures=99)
     with pytest.raises(DataError) as e:
-        fetch("https://example.invalid/x.gz", tmp_path / "x.gz", None, backoff=0, opener=offline)
-    assert "after 3 tries" in str(e.value) and "\n" not in str(e.value)
+        fetch("https://example.invalid/x.gz", tmp_path / "x.gz", None, downloader=server)
+    assert "after 3 tries" in str(e.value) and "\n" not in str(e.value) and server.calls == 3
     assert not (tmp_path / "x.gz").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_imdb_is_pinned_to_the_published_archive_hash():
+    from softmax_approx.data import download as dl
+
+    assert len(dl.IMDB_SHA256) == 64 and set(dl.IMDB_SHA256) <= set("0123456789abcdef")
 
 
 def _fake_hf(name):

@@ -1,15 +1,16 @@
 """Fetch each dataset into the layout its reader reads, safely.
 
-Why: a half-downloaded or wrong file must never look like data. Every file goes to a
-temporary name in the target folder, is checked against its sha256 where one is known,
-and only then is renamed into place; network errors are retried (3 tries, backoff) and a
-failure leaves no file behind.
+Why: a half-downloaded or wrong file must never look like data. ``pooch`` (a maintained
+downloader) writes every file to a temporary name in the target folder, checks it against its
+pinned sha256 and only then moves it into place; a failed connection or a mismatch is retried
+(3 tries in all) and a failure leaves no file behind. A file already in place whose hash matches
+is not downloaded again.
 
 Sources:
 * multi30k: the dataset repository's raw files (``multi30k/dataset``,
   ``data/task1/raw/*.gz``), sha256-verified.
-* imdb: the original ``aclImdb_v1.tar.gz`` from Stanford (read in place; its ``unsup/`` part
-  is ignored). If that fails, HF ``stanfordnlp/imdb`` is written out as an ``aclImdb/`` tree;
+* imdb: the original ``aclImdb_v1.tar.gz`` from Stanford, sha256-verified (read in place; its
+  ``unsup/`` part is ignored). If that fails, HF ``stanfordnlp/imdb`` is written out as an ``aclImdb/`` tree;
   that copy carries no star ratings, so its files are named ``<id>_0.txt`` (0 = unknown).
 * sst2: HF ``stanfordnlp/sst2`` (train + validation) written as GLUE TSVs
   (``train.tsv``, ``dev.tsv``); GLUE's test split has no labels and is not written.
@@ -19,15 +20,13 @@ Sources:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Callable
+
+import pooch
 
 from softmax_approx.data.files import IWSLT_SUBDIR, fetch_command
 from softmax_approx.utils.atomic import write_text
@@ -43,21 +42,20 @@ MULTI30K_SHA256 = {
     "test_2016_flickr.en.gz": "611d361c6334bc7246101d48097c13cf5c4413c5befc793cc629934359d532d9",
 }
 IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
+# The Stanford archive's published sha256 (the same value other public loaders of it pin, e.g.
+# Julia's MLDatasets.jl); checked on every fetch, and a matching file is never downloaded again.
+IMDB_SHA256 = "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe"
 IWSLT_HELP = (
     "IWSLT'14 de-en cannot be downloaded automatically (TED talks, CC BY-NC-ND; the WIT3 archive is not "
     "redistributed): get de-en.tgz (WIT3 2014-01 release, texts/de/en/de-en.tgz) and run "
     "`python -m softmax_approx.data prepare-iwslt14 --tgz PATH/TO/de-en.tgz --data-dir DIR`"
 )
 
-Opener = Callable[..., object]
+Downloader = Callable[[str, str, object], None]  # pooch's downloader protocol: (url, output_file, pooch)
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return pooch.file_hash(str(path), alg="sha256")
 
 
 def fetch(
@@ -66,49 +64,39 @@ def fetch(
     sha256: str | None = None,
     *,
     tries: int = 3,
-    backoff: float = 2.0,
-    opener: Opener = urllib.request.urlopen,
+    downloader: Downloader | None = None,
     timeout: float = 60.0,
 ) -> Path:
-    """Download ``url`` to ``dest`` atomically; verify ``sha256`` when given.
+    """Download ``url`` to ``dest`` with ``pooch`` and verify ``sha256`` when given.
 
-    Network errors are retried ``tries`` times with exponential backoff; a checksum mismatch
-    is not (the source is wrong, not flaky). On any failure no file is left at ``dest``.
+    A file already at ``dest`` whose hash matches is kept (no download); one that does not match
+    is fetched again. pooch downloads to a temporary file in the same folder and moves it into
+    place only after the hash matched, retrying a failed connection or a mismatch ``tries`` times
+    in all; on any failure no file is left at ``dest`` and one line says why.
     """
+    import requests
+
     dest = Path(dest)
-    if dest.is_file() and sha256 is not None and sha256_file(dest) == sha256:
-        return dest  # already there and verified
     dest.parent.mkdir(parents=True, exist_ok=True)
-    last: Exception | None = None
-    for attempt in range(1, tries + 1):
-        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as out, opener(url, timeout=timeout) as resp:  # type: ignore[attr-defined]
-                shutil.copyfileobj(resp, out, 1 << 20)
-            if sha256 is not None:
-                got = sha256_file(tmp)
-                if got != sha256:
-                    raise DataError(
-                        f"{url}: sha256 {got[:12]}... does not match the expected {sha256[:12]}...; "
-                        f"nothing was written to {dest}; the source changed or is corrupt"
-                    )
-            os.replace(tmp, dest)
-            return dest
-        except DataError:
-            raise
-        except (urllib.error.URLError, OSError, TimeoutError, ValueError) as e:
-            last = e
-            if attempt < tries:
-                time.sleep(backoff ** (attempt - 1))
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-    reason = getattr(last, "reason", last)
-    raise DataError(
-        f"could not download {url} after {tries} tries ({reason}); check the network (this machine may be "
-        f"offline) or place the file at {dest} yourself"
-    )
+    try:
+        store = pooch.create(
+            path=dest.parent, base_url="", registry={dest.name: f"sha256:{sha256}" if sha256 else None},
+            urls={dest.name: url}, retry_if_failed=max(0, tries - 1),
+        )
+        path = store.fetch(dest.name, downloader=downloader or pooch.HTTPDownloader(progressbar=False, timeout=timeout))
+    except ValueError as e:  # pooch: the hash of the downloaded file does not match
+        got = str(e).split(" but got ")[-1].split(".")[0] if " but got " in str(e) else "?"
+        raise DataError(
+            f"{url}: sha256 {got[:12]}... does not match the expected {sha256[:12] if sha256 else '?'}... after {tries} tries; "
+            f"nothing was written to {dest}; the source changed or is corrupt"
+        ) from None
+    except (requests.exceptions.RequestException, OSError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(
+            f"could not download {url} after {tries} tries ({reason}); check the network (this machine may be "
+            f"offline) or place the file at {dest} yourself"
+        ) from None
+    return Path(path)
 
 
 # --------------------------------------------------------------------------- per dataset
@@ -177,7 +165,7 @@ def write_imdb_tree_from_hf(data_dir: Path, load_dataset: Callable | None = None
 
 def download_imdb(data_dir: Path, load_dataset: Callable | None = None, **kw) -> Path:
     try:
-        return fetch(IMDB_URL, data_dir / "imdb" / "aclImdb.tar.gz", None, **kw)
+        return fetch(IMDB_URL, data_dir / "imdb" / "aclImdb.tar.gz", IMDB_SHA256, **kw)
     except DataError as first:
         try:
             return write_imdb_tree_from_hf(data_dir, load_dataset)

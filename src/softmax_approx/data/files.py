@@ -94,8 +94,11 @@ def _writable_dir(path: Path) -> bool:
 
 
 def default_user_cache() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "softmax_approx"
+    """The user's cache folder for this package (``platformdirs``: ``$XDG_CACHE_HOME`` or
+    ``~/.cache`` on Linux, ``~/Library/Caches`` on macOS, ``%LOCALAPPDATA%`` on Windows)."""
+    import platformdirs
+
+    return platformdirs.user_cache_path("softmax_approx", appauthor=False)
 
 
 def default_data_dir() -> Path:

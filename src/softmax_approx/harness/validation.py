@@ -10,8 +10,7 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-from hydra._internal.utils import _locate
-from hydra.utils import get_class
+from hydra.utils import get_class, get_object
 from omegaconf import DictConfig, OmegaConf
 
 from softmax_approx.utils.errors import ConfigError
@@ -105,7 +104,7 @@ def _check_kwargs(cfg: DictConfig, key: str, extra: tuple[str, ...] = (), drop: 
         return
     target = node.get("_target_")
     try:
-        obj = _locate(target)
+        obj = get_object(target)
     except Exception as e:  # noqa: BLE001 - hydra raises several types for a bad path
         raise ConfigError(f"{key}._target_={target!r}: cannot be imported ({type(e).__name__}); check the name") from None
     params = inspect.signature(obj).parameters
