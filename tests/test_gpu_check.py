@@ -174,3 +174,15 @@ def test_real_training_on_fixture_data(tmp_path, data_dir):
     assert row["status"] == "completed" and row["returncode"] == 0
     assert 0.0 <= row["metrics"]["test/acc"] <= 1.0
     assert row["timing"]["step_seconds_median"] > 0 and row["memory"]["attention_bytes"] > 0
+
+
+def test_train_overrides_default_to_gpu_and_the_harness_data_dir(tmp_path):
+    """Without --data-dir the training picks its own default data folder (one place decides)."""
+    args = gpu_check.build_parser().parse_args(["--out", str(tmp_path)])
+    ov = gpu_check.train_overrides(args, "iwslt14_mini", "paper", tmp_path / "run")
+    assert ov[:5] == ["task=iwslt14_mini", "attention=paper", "profile=cpu", "trainer=gpu", "trainer.max_steps=200"]
+    assert not any(o.startswith("paths.data_dir=") for o in ov)
+    assert f"hydra.run.dir={tmp_path / 'run'}" in ov
+    args = gpu_check.build_parser().parse_args(["--out", str(tmp_path), "--data-dir", "d", "--device", "cpu"])
+    ov = gpu_check.train_overrides(args, "sst2", "eager", tmp_path)
+    assert "trainer=cpu" in ov and f"paths.data_dir={(tmp_path.cwd() / 'd').resolve()}" in ov

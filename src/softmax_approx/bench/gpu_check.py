@@ -75,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-timeout", type=float, default=150.0, help="seconds per training run")
     p.add_argument("--budget-s", type=float, default=450.0,
                    help="whole-check budget: trainings that would start after it are skipped (recorded)")
-    p.add_argument("--data-dir", default=os.environ.get("SOFTMAX_APPROX_DATA", "data"),
-                   help="datasets folder (paths.data_dir; default $SOFTMAX_APPROX_DATA, else ./data)")
+    p.add_argument("--data-dir", default=None,
+                   help="datasets folder (paths.data_dir); default: the training's own default "
+                        "($SOFTMAX_APPROX_DATA, else the user data cache that `make data` fills)")
     p.add_argument("--train-override", action="append", default=[], metavar="KEY=VALUE",
                    help="extra Hydra override for every training run, repeatable")
     return p
@@ -145,8 +146,8 @@ def train_overrides(args, task: str, policy: str, run_dir: Path) -> list[str]:
             f"trainer.max_steps={args.train_steps}", "trainer.max_epochs=-1",
             f"trainer.limit_train_batches={args.train_batches}",
             f"trainer.limit_val_batches={args.eval_batches}", f"trainer.limit_test_batches={args.eval_batches}",
-            "logger=csv", f"paths.data_dir={Path(args.data_dir).resolve()}", f"hydra.run.dir={run_dir}",
-            "experiment_name=gpu_check", *args.train_override]
+            "logger=csv", *([f"paths.data_dir={Path(args.data_dir).resolve()}"] if args.data_dir else []),
+            f"hydra.run.dir={run_dir}", "experiment_name=gpu_check", *args.train_override]
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
