@@ -1,5 +1,9 @@
 """What every DataModule here shares: length-bucketed loaders over in-memory splits.
 
+The train loader is a :class:`~softmax_approx.data.batching.ResumableDataLoader`: Lightning's
+fit loop saves its position in every checkpoint and restores it on resume, so a run resumed
+mid-epoch continues with the next unseen batch (no harness code involved).
+
 A subclass fills ``self.datasets`` (split -> dataset with ``.items``) in ``setup`` and says how
 long an item is (:meth:`item_length`, what the bucketing sorts by) and how a batch is padded
 (:meth:`collator`).
@@ -12,7 +16,7 @@ from typing import Any, Callable
 import lightning as L
 from torch.utils.data import DataLoader
 
-from softmax_approx.data.batching import BucketBatchSampler
+from softmax_approx.data.batching import BucketBatchSampler, ResumableDataLoader
 
 
 class BucketedDataModule(L.LightningDataModule):
@@ -46,13 +50,26 @@ class BucketedDataModule(L.LightningDataModule):
         )
         if train and self.trainer is not None:
             sampler.set_epoch(self.trainer.current_epoch)
-        return DataLoader(
+        # train: resumable mid-epoch (Lightning checkpoints the loader's position)
+        return (ResumableDataLoader if train else DataLoader)(
             ds,
             batch_sampler=sampler,
             collate_fn=self.collator(),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
         )
+
+    def data_info(self) -> dict[str, Any]:
+        """What a run record should say about its data (after ``setup``): the tokenizer's sha256
+        (a resume with another tokenizer must be refused), the split sizes and split rule."""
+        path = getattr(self, "tokenizer_path", None)
+        return {
+            "tokenizer_sha256": getattr(self, "tokenizer_sha256", None),
+            "tokenizer_cache": str(path) if path else None,
+            "test_split": getattr(self, "test_split_name", None),
+            "split_sizes_full": dict(getattr(self, "split_sizes_full", {}) or {}),
+            "split": dict(getattr(self, "split_info", {}) or {}),
+        }
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

@@ -4,8 +4,11 @@ Why bucketing: attention cost grows with the padded length, so batching sentence
 length saves most of the padding. The order is deterministic given ``(seed, epoch)`` only:
 the indices are shuffled with ``random.Random(seed + epoch)``, cut into large chunks, each
 chunk is sorted by length and cut into batches, and the batches are shuffled. Resuming a run
-at epoch ``e`` therefore sees exactly the batches it would have seen. Lightning calls
-``set_epoch`` on a DataLoader's ``batch_sampler`` at every epoch start.
+at epoch ``e`` therefore sees exactly the batches it would have seen. Lightning sets the epoch
+at every epoch start, but only on ``dataloader.sampler`` and ``dataloader.batch_sampler.sampler``
+(``lightning.fabric.utilities.data._set_sampler_epoch``), never on the batch sampler itself; so
+``BucketBatchSampler.sampler`` is a small hook that forwards ``set_epoch`` (without it every
+epoch of a fit repeated the first epoch's order).
 
 Batches are cut either by sentence count (``batch_size``) or by a token budget
 (``max_tokens``: padded tokens, i.e. ``len(batch) * longest``).
@@ -13,12 +16,23 @@ Batches are cut either by sentence count (``batch_size``) or by a token budget
 Distributed: when ``torch.distributed`` is initialised, each rank takes every world-th batch
 (the batch list is padded by repetition to a multiple of the world size); run Lightning with
 ``use_distributed_sampler=False`` so it does not try to wrap this sampler.
+
+Mid-epoch resume: the position in the epoch is state (``state_dict`` / ``load_state_dict``:
+epoch, index of the next batch of this rank, and what the order depends on). A restored
+sampler skips the batches already handed out, once, when it next iterates *that* epoch, so a
+run resumed mid-epoch sees exactly the batches an uninterrupted run would: none twice, none
+skipped. The batches are drawn when iteration starts (not when ``iter`` is called), so the
+epoch Lightning sets with ``set_epoch`` just before is the one used. :class:`ResumableDataLoader`
+counts the batches it has *delivered* (workers prefetch ahead of the training step) and is
+what Lightning checkpoints: its fit loop saves and restores every train DataLoader that has
+``state_dict``/``load_state_dict`` (``CombinedLoader._state_dicts``, key ``combined_loader``
+of the fit loop's state in the checkpoint).
 """
 
 from __future__ import annotations
 
 import random
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -29,6 +43,16 @@ def _dist() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+class _EpochHook:
+    """``batch_sampler.sampler``: where Lightning's ``_set_sampler_epoch`` calls ``set_epoch``."""
+
+    def __init__(self, owner: "BucketBatchSampler") -> None:
+        self._owner = owner
+
+    def set_epoch(self, epoch: int) -> None:
+        self._owner.set_epoch(epoch)
 
 
 class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
@@ -58,7 +82,11 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.chunk_batches = chunk_batches
         self.drop_last = drop_last
         self.epoch = 0
+        self.sampler = _EpochHook(self)
         self._cache: tuple[int, list[list[int]]] | None = None
+        self._resume: tuple[int, int] | None = None  # (epoch, next batch) restored, not yet applied
+        self._pos: tuple[int, int] | None = None  # (epoch, next batch) of the running iteration
+        self._start: tuple[int, int] = (0, 0)  # (epoch, first batch) of the running iteration
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -116,10 +144,92 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
         return out[rank::world]
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self._local())
+        # a generator: the epoch (and a pending resume) is read at the first batch
+        local = self._local()
+        start = 0
+        if self._resume is not None:
+            epoch, start = self._resume
+            self._resume = None
+            start = min(start, len(local)) if epoch == self.epoch else 0
+        self._pos = self._start = (self.epoch, start)
+        for i in range(start, len(local)):
+            self._pos = (self.epoch, i + 1)
+            yield local[i]
 
     def __len__(self) -> int:
+        """Batches of this rank in the whole epoch (also while resuming: Lightning counts from its
+        restored batch index up to this length)."""
         return len(self._local())
+
+    # ------------------------------------------------------------------ resumable position
+    def state_at(self, epoch: int, next_batch: int) -> dict[str, Any]:
+        """The state that resumes at batch ``next_batch`` of ``epoch`` (a finished epoch -> the next one)."""
+        saved = self.epoch
+        self.epoch = epoch
+        try:
+            n = len(self._local())
+        finally:
+            self.epoch = saved
+        if next_batch >= n:
+            epoch, next_batch = epoch + 1, 0
+        return {"epoch": int(epoch), "next_batch": int(next_batch), "seed": self.seed,
+                "world_size": _dist()[1], "num_items": len(self.lengths)}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the next batch comes from: the running iteration's position, else a restored one."""
+        if self._resume is not None:
+            return self.state_at(*self._resume)
+        if self._pos is not None:
+            return self.state_at(*self._pos)
+        return self.state_at(self.epoch, 0)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Skip ``next_batch`` batches the next time epoch ``epoch`` is iterated (once)."""
+        if not self.shuffle:
+            return  # evaluation order has no position worth keeping
+        expect = {"seed": self.seed, "world_size": _dist()[1], "num_items": len(self.lengths)}
+        for key, value in expect.items():
+            if state.get(key) != value:
+                raise ConfigError(
+                    f"train data order in the checkpoint has {key}={state.get(key)!r} but this run has "
+                    f"{value!r}; resume with the same data, seed and number of processes, or start a new run"
+                )
+        self._resume = (int(state["epoch"]), int(state["next_batch"]))
+        self._pos = None
+
+
+class ResumableDataLoader(torch.utils.data.DataLoader):
+    """A DataLoader over a :class:`BucketBatchSampler` whose state is the position of the next
+    batch it will *deliver*; Lightning saves and restores it with every checkpoint."""
+
+    _delivered: tuple[int, int] | None = None  # (epoch, next batch) after the last delivered batch
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._counting(super().__iter__())
+
+    def _counting(self, batches: Iterator[Any]) -> Iterator[Any]:
+        sampler = self.batch_sampler
+        assert isinstance(sampler, BucketBatchSampler)
+        first = True
+        for batch in batches:
+            if first:  # the sampler's first position is set once its first batch is drawn
+                first = False
+                self._delivered = sampler._start
+            self._delivered = (self._delivered[0], self._delivered[1] + 1)
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        sampler = self.batch_sampler
+        assert isinstance(sampler, BucketBatchSampler)
+        if sampler._resume is None and self._delivered is not None:
+            return sampler.state_at(*self._delivered)
+        return sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        sampler = self.batch_sampler
+        assert isinstance(sampler, BucketBatchSampler)
+        sampler.load_state_dict(state)
+        self._delivered = None
 
 
 def pad_2d(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
