@@ -8,7 +8,8 @@ loads after, and ``nn.TransformerEncoderLayer`` / ``nn.Transformer`` need no cha
 
 Supported, as ``nn.MultiheadAttention``: ``batch_first`` both ways and unbatched inputs,
 ``kdim``/``vdim``, ``bias``, ``add_bias_kv``, ``add_zero_attn``, ``key_padding_mask`` and
-``attn_mask`` as bool (True = not allowed) or float (added to the scores), ``is_causal`` (a
+``attn_mask`` as bool (True = not allowed) or float (added to the scores; a float mask of only
+0 and -inf, as ``nn.Transformer*`` layers build, is kept as a 1-byte bool mask), ``is_causal`` (a
 causal mask; with an ``attn_mask`` the hint is trusted, as PyTorch does), ``dropout`` (training
 only). ``need_weights=True`` raises: the policies exist not to keep the weights.
 
@@ -116,14 +117,17 @@ class PolicyMultiheadAttention(nn.MultiheadAttention):
             if m is None:
                 continue
             m = m.reshape(shape)
+            if m.dtype != torch.bool and bool(((m == 0) | (m == float("-inf"))).all()):
+                m = m == float("-inf")  # a 0/-inf float mask (nn.Transformer* make them) is a bool mask
             if m.dtype == torch.bool:
                 mask = ~m if mask is None else mask & ~m
             else:
                 m = m.to(q.dtype)
                 bias = m if bias is None else bias + m
+        extra = {} if bias is None else {"bias": bias}  # float masks only
         out = attention(
             q, k, v, mask=mask, causal=causal, dropout_p=self.dropout, policy=self.policy,
-            training=self.training, bias=bias,
+            training=self.training, **extra,
         )                                                                   # (N, H, L, Dh)
         out = out.permute(2, 0, 1, 3).reshape(tgt_len, bsz, self.embed_dim)
         return F.linear(out, self.out_proj.weight, self.out_proj.bias)
