@@ -5,7 +5,8 @@ Metric names:
 * ``train/loss`` (label-smoothed), ``train/nll``;
 * ``val/loss``, ``val/nll``, ``val/ppl`` (teacher-forced, every validation sentence);
   ``val/bleu`` — sacreBLEU of **greedy** translations of the first ``val_bleu_max_sentences``
-  validation sentences (a fixed set: the validation loader does not shuffle), used for
+  validation sentences in loader order, i.e. the longest sources (a fixed set: evaluation
+  batches are sorted by length, not shuffled), used for
   checkpoint selection; ``val/bleu_best``;
 * ``test/loss``, ``test/nll``, ``test/ppl``; ``test/bleu`` — sacreBLEU (detokenized, 13a) of
   **beam-search** translations of the whole test split from the best checkpoint, the headline
