@@ -81,10 +81,21 @@ def bench_table(exp: Experiment, status: str, records: list[dict[str, Any]], sou
                  [dict(r, experiment=exp.name, profile=exp.profile) for r in records])
 
 
-def max_reduction(records: list[dict[str, Any]], claim: dict[str, Any]) -> tuple[float, str] | None:
-    """Largest `metric` (a fraction) over records of the claim's policy/params, in percent."""
-    metric = claim.get("metric", "module_reduction_vs_eager")
-    want = Setting(str(claim.get("policy", "")), tuple(sorted((claim.get("params") or {}).items())))
-    pts = [(100 * float(r[metric]), f"{r.get('policy')} {r.get('params') or ''} at n={r.get('seq_len')}")
-           for r in records if r.get(metric) is not None and _match(r, want)]
-    return max(pts) if pts else None
+def matching(records: list[dict[str, Any]], filt: dict[str, Any]) -> list[dict[str, Any]]:
+    """Records of the filter's `policy` (and `params`, a subset match; no policy: all)."""
+    if not filt.get("policy"):
+        return list(records)
+    want = Setting(str(filt["policy"]), tuple(sorted((filt.get("params") or {}).items())))
+    return [r for r in records if _match(r, want)]
+
+
+def at_longest(records: list[dict[str, Any]]) -> tuple[int, str, list[dict[str, Any]]]:
+    """(n, logits, records) at the longest sequence length, one logits kind (peaked first):
+    where the n x n part dominates, i.e. where a policy choice matters."""
+    if not records:
+        return 0, "", []
+    n = max(int(r.get("seq_len", 0)) for r in records)
+    kinds = sorted({str(r.get("logits")) for r in records if int(r.get("seq_len", 0)) == n},
+                   key=lambda k: (k != "peaked", k))
+    return n, kinds[0], [r for r in records if int(r.get("seq_len", 0)) == n
+                         and str(r.get("logits")) == kinds[0]]

@@ -100,6 +100,7 @@ def render_report(out: Path | str, runs_dir: Path | str | None = None,
                 emit(by_kind)
         elif exp.kind == "quality":
             emit(tables.quality_table(exp, cells, kinds))
+            emit(tables.paired_table(exp, cells, kinds))
         elif exp.kind == "fidelity":
             emit(tables.fidelity_table(exp, cells))
             layers = tables.fidelity_layers(cells)
@@ -121,6 +122,10 @@ def render_report(out: Path | str, runs_dir: Path | str | None = None,
                 rep.files += [fdir / f"{exp.name}.png", fdir / f"{exp.name}.pdf"]
         elif exp.kind == "bench":
             emit(bench_mod.bench_table(exp, *rep.bench[exp.name]))
+            if write:  # "which policy should I use": memory vs time vs gradient error
+                name = str(exp.raw.get("figure", "which_policy"))
+                figures.plot_which_policy(rep.bench[exp.name][1], fdir / name, profile)
+                rep.files += [fdir / f"{name}.png", fdir / f"{name}.pdf"]
         elif exp.kind == "claims":
             emit(claims_mod.claims_table(exp, rep.cells, by_name, kinds, rep.bench))
     emit(tables.runs_table(records, profile))

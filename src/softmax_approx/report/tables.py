@@ -17,6 +17,7 @@ from typing import Any
 
 from softmax_approx.report.definitions import Experiment, Setting
 from softmax_approx.report.io import write_text
+from softmax_approx.report.paired import Paired, paired, unpaired_note
 from softmax_approx.report.results import Cell, Record, Stats, stats
 
 MEMORY_KEYS = ("attention_bytes", "softmax_state_bytes", "total_activation_bytes")
@@ -302,9 +303,31 @@ def quality_cells(cells: dict[tuple[str, Setting], Cell], exp: Experiment,
         base = _baseline(cells, task, base_name)
         bst = base.values(lambda r, k=metric["key"]: r.metrics.get(k)) if base else stats([])
         delta = (st.mean - bst.mean) * scale if st.n and bst.n else float("nan")
+        pair = paired(cell, base, lambda r, k=metric["key"]: r.metrics.get(k), scale)
         out[(task, setting)] = {"cell": cell, "kind": kind, "metric": metric, "stats": st,
-                                "scale": scale, "delta": delta, "base": base}
+                                "scale": scale, "delta": delta, "base": base, "paired": pair}
     return out
+
+
+def paired_cell(info: dict[str, Any], base_name: str) -> str:
+    """The paired Δ of one quality cell, or why there is none."""
+    cell, base, pair = info["cell"], info["base"], info["paired"]
+    if cell.status != "completed":
+        return cell.status
+    if base is None or base.status != "completed":
+        return f"{base_name} {base.status if base else 'not run'}"
+    if cell.setting == base.setting:
+        return "baseline"
+    if pair.n == 0:
+        return "no common seed" if info["stats"].n else "not measured"
+    return pair.fmt()
+
+
+PAIRED_DEFINITION = (
+    "paired Δ = mean over seeds of (policy - {base}) for runs of the same seed (same initial "
+    "weights, same data order); [low, high] = 95% t-interval over seeds, mean ± "
+    "t(0.975, n-1) · sd / sqrt(n); n = seeds where both runs completed; n=1 has no interval."
+)
 
 
 def quality_table(exp: Experiment, cells: dict[tuple[str, Setting], Cell],
@@ -314,7 +337,7 @@ def quality_table(exp: Experiment, cells: dict[tuple[str, Setting], Cell],
     header = ["policy"]
     for task in exp.tasks:
         label = quality_metric(exp, task_kind(task, cells, kinds))["label"]
-        header += [f"{task} {label}", f"{task} Δ vs {base_name}"]
+        header += [f"{task} {label}", f"{task} paired Δ vs {base_name} [95% CI]"]
     rows, csv_rows = [], []
     for setting in exp.settings:
         row = [setting.label]
@@ -322,15 +345,7 @@ def quality_table(exp: Experiment, cells: dict[tuple[str, Setting], Cell],
             info = q[(task, setting)]
             cell = info["cell"]
             row.append(cell.show(info["stats"], 2, info["scale"]))
-            if cell.status != "completed":
-                row.append(cell.status)
-            elif math.isnan(info["delta"]):
-                base = info["base"]
-                bad = base is None or base.status != "completed"
-                row.append(f"{base_name} {base.status if base else 'not run'}" if bad
-                           else "not measured")
-            else:
-                row.append(f"{info['delta']:+.2f}")
+            row.append(paired_cell(info, base_name))
             extra = {}
             if info["kind"] == "translation":
                 tok = cell.values(lambda r: r.metrics.get("test/bleu_tok"))
@@ -340,11 +355,13 @@ def quality_table(exp: Experiment, cells: dict[tuple[str, Setting], Cell],
                 "metric": info["metric"]["key"], "scale": info["scale"],
                 "mean": st.mean * info["scale"], "std": st.std * info["scale"],
                 f"delta_vs_{base_name}": info["delta"],
-                "seeds": [r.seed for r in cell.completed]} | extra)
+                "seeds": [r.seed for r in cell.completed]} | info["paired"].as_row() | extra)
         rows.append(row)
     kinds_used = {q[k]["kind"] for k in q}
-    notes = [f"Mean ± sample std (ddof=1) over seeds {exp.seeds}; n = completed runs; "
-             f"Δ = difference of means to `{base_name}` of the same task."]
+    notes = [f"Mean ± sample std (ddof=1) over seeds {exp.seeds}; n = completed runs.",
+             PAIRED_DEFINITION.format(base=base_name),
+             f"The CSV also has `delta_vs_{base_name}` (difference of the means over all "
+             "completed seeds) and the per-seed differences."]
     for kind in sorted(kinds_used):
         m = quality_metric(exp, kind)
         notes.append(" ".join(str(m.get("definition", f"{m['key']} ({kind})")).split()))
@@ -358,6 +375,37 @@ def quality_table(exp: Experiment, cells: dict[tuple[str, Setting], Cell],
     if splits:
         notes.append("Test split: " + "; ".join(f"{t}: {s}" for t, s in splits.items()) + ".")
     return Table(exp.name, exp.title, exp.profile, header, rows, notes, csv_rows)
+
+
+def paired_table(exp: Experiment, cells: dict[tuple[str, Setting], Cell],
+                 kinds: dict[str, str]) -> Table:
+    """Per task and non-baseline setting: each seed's difference to the baseline, their mean
+    and 95% t-interval (the numbers behind the quality table's paired Δ and the claims)."""
+    base_name = exp.raw.get("baseline", "eager")
+    q = quality_cells(cells, exp, kinds)
+    header = ["task", "policy", "metric", "per-seed Δ", f"mean Δ vs {base_name}", "95% CI", "n"]
+    rows, csv_rows = [], []
+    for (task, setting), info in q.items():
+        cell, base, pair = info["cell"], info["base"], info["paired"]
+        if base is not None and setting == base.setting:
+            continue
+        label = info["metric"]["label"]
+        status = paired_cell(info, base_name)
+        if pair.n == 0:
+            rows.append([task, setting.label, label, status, status, status, "0"])
+        else:
+            per_seed = ", ".join(f"s{s}: {d:+.2f}" for s, d in zip(pair.seeds, pair.diffs))
+            note = unpaired_note(cell, base, pair)
+            ci = ("no interval (n=1)" if pair.n == 1
+                  else f"[{pair.low:+.2f}, {pair.high:+.2f}]")
+            rows.append([task, setting.label, label, per_seed + (f" ({note})" if note else ""),
+                         f"{pair.mean:+.2f}", ci, str(pair.n)])
+        csv_rows.append(_base_row(exp, cell) | {"metric": info["metric"]["key"],
+                                                "scale": info["scale"]} | pair.as_row())
+    notes = [PAIRED_DEFINITION.format(base=base_name),
+             f"Seeds planned: {exp.seeds}. Units: accuracy points (percent) or BLEU."]
+    return Table(f"{exp.name}_paired", f"{exp.title}: paired differences to {base_name}",
+                 exp.profile, header, rows, notes, csv_rows)
 
 
 # ----------------------------------------------------------------------------- fidelity
@@ -414,26 +462,39 @@ def tradeoff_points(exp: Experiment, cells: dict[tuple[str, Setting], Cell],
             red = reduction_pct(mem_stats(cell, "attention_bytes").mean,
                                 mem_stats(base, "attention_bytes").mean)
         info = q[(task, setting)]
+        pair: Paired = info["paired"]
+        # the paired mean where seeds pair up (it is the difference of means over those seeds)
+        delta = pair.mean if pair.n else info["delta"]
         points.append({"task": task, "policy": setting.policy, "setting": setting.label,
                        "params": setting.params_dict, "status": cell.status,
                        "kind": info["kind"], "metric": info["metric"]["key"],
-                       "memory_reduction_pct": red, "quality_delta": info["delta"],
+                       "metric_label": info["metric"]["label"],
+                       "memory_reduction_pct": red, "quality_delta": delta,
+                       "quality_ci95_low": pair.low, "quality_ci95_high": pair.high,
+                       "n_paired": pair.n,
                        "is_baseline": setting.policy == base_name and not setting.params})
     return points
 
 
 def tradeoff_table(exp: Experiment, points: list[dict[str, Any]]) -> Table:
-    header = ["task", "policy", "attention memory reduction vs eager", "quality Δ vs eager"]
+    header = ["task", "policy", "attention memory reduction vs eager",
+              "quality paired Δ vs eager [95% CI]"]
     rows = []
     for p in points:
         if p["status"] != "completed":
             rows.append([p["task"], p["setting"], p["status"], p["status"]])
             continue
         red, d = p["memory_reduction_pct"], p["quality_delta"]
+        if math.isnan(d):
+            q = "not measured"
+        elif p["n_paired"] >= 2:
+            q = (f"{d:+.2f} [{p['quality_ci95_low']:+.2f}, {p['quality_ci95_high']:+.2f}] "
+                 f"(n={p['n_paired']}, {p['metric']})")
+        else:
+            q = f"{d:+.2f} (n={p['n_paired'] or 'unpaired'}, no interval, {p['metric']})"
         rows.append([p["task"], p["setting"],
-                     "not measured" if math.isnan(red) else f"{red:.1f}%",
-                     "not measured" if math.isnan(d) else f"{d:+.2f} ({p['metric']})"])
-    notes = [exp.description, MEMORY_DEFINITION]
+                     "not measured" if math.isnan(red) else f"{red:.1f}%", q])
+    notes = [exp.description, MEMORY_DEFINITION, PAIRED_DEFINITION.format(base="eager")]
     return Table(exp.name, exp.title, exp.profile, header, rows, notes,
                  [dict(p, experiment=exp.name, profile=exp.profile) for p in points])
 
