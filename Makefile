@@ -51,7 +51,7 @@ data: setup ## download every dataset into DATA_DIR (default: the user data cach
 	$(PY) -m softmax_approx.data download all $(DATA_ARG)
 
 reproduce: setup ## run every experiment of PROFILE into OUT, then render tables and figures
-	$(PY) -m softmax_approx.reproduce run --profile $(PROFILE) --out $(OUT) $(DATA_ARG) $(REPRO_ARGS)
+	$(PY) -m softmax_approx.reproduce run --profile $(PROFILE) --out $(OUT) $(DATA_ARG) --fetch-data $(REPRO_ARGS)
 
 tables: setup ## re-render OUT/tables and OUT/figures from existing results.json files
 	$(PY) -m softmax_approx.report --out $(OUT)

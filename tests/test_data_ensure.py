@@ -55,3 +55,26 @@ def test_default_data_dir_is_the_user_cache_unless_the_env_says(monkeypatch, tmp
     assert default_data_dir() == tmp_path / "cache" / "softmax_approx" / "data"
     monkeypatch.setenv("SOFTMAX_APPROX_DATA", str(tmp_path / "mine"))
     assert default_data_dir() == tmp_path / "mine"
+
+
+def test_reproduce_fetch_data_stops_before_any_run_with_one_line(tmp_path, monkeypatch, capsys):
+    """`make reproduce` (reproduce run --fetch-data) on an offline machine with no data: exit 2,
+    one line naming `make data`, no training process started, nothing written to OUT."""
+    from softmax_approx import reproduce
+    import softmax_approx.data.download as download
+
+    defs = tmp_path / "experiments"
+    defs.mkdir()
+    (defs / "_common.yaml").write_text("task_kinds: {sst2: classification}\nprofiles:\n  smoke:\n    overrides: []\n")
+    (defs / "memory.yaml").write_text("name: memory\nkind: memory\ntasks: [sst2]\npolicies: [eager]\nseeds: [0]\n")
+
+    def offline(task, data_dir, **kw):
+        raise DataError("no network")
+
+    monkeypatch.setattr(download, "download", offline)
+    monkeypatch.setattr(reproduce, "TRAIN_COMMAND", ["false"])
+    code = reproduce.main(["run", "--profile", "smoke", "--out", str(tmp_path / "out"), "--data-dir",
+                           str(tmp_path / "data"), "--experiments", str(defs), "--fetch-data", "--no-report"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: task sst2: data missing"), err
+    assert "`make data`" in err[0] and not (tmp_path / "out").exists()

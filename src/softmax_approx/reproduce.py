@@ -295,8 +295,9 @@ def run(profile: str, out: Path | str, data_dir: Path | str, only: list[str] | N
         stream: Any = None, fetch_data: bool = False) -> int:
     """Plan, skip completed, run the rest, render the report. Returns 0 if every run completed.
 
-    ``fetch_data`` (the command line sets it): download the planned tasks' missing datasets
-    before the first run, or stop with one line naming `make data` when that fails."""
+    ``fetch_data`` (``--fetch-data``; `make reproduce` sets it): download the planned tasks'
+    missing datasets before the first run, or stop with one line naming `make data` when that
+    fails."""
     stream = stream or sys.stdout
     out = Path(out).resolve()
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -356,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--experiments", type=Path, help="definitions directory (default experiments/)")
     r.add_argument("--run-timeout", type=float, default=0, help="kill a run after this many seconds")
     r.add_argument("--no-report", action="store_true", help="skip rendering tables and figures")
+    r.add_argument("--fetch-data", action="store_true",
+                   help="download the planned tasks' missing datasets first (make reproduce sets it)")
     args = ap.parse_args(argv)
     try:
         if args.data_dir is None:
@@ -363,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
 
             args.data_dir = default_data_dir()
         return run(args.profile, args.out, args.data_dir, args.only, args.jobs, args.dry_run,
-                   args.experiments, not args.no_report, run_timeout=args.run_timeout, fetch_data=True)
+                   args.experiments, not args.no_report, run_timeout=args.run_timeout, fetch_data=args.fetch_data)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
