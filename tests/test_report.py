@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import json
 import statistics
 import textwrap
@@ -454,3 +455,169 @@ def test_load_results_marks_unreadable_file_failed(tmp_path):
     (d / "results.json").write_text("{not json")
     [rec] = load_results(tmp_path / "runs")
     assert rec.status == "failed" and "unreadable" in rec.error and rec.key == "k"
+
+
+# ----------------------------------------------------------------------------- paired statistics
+@pytest.mark.parametrize("df", [*range(1, 31), 31, 45, 60, 120, 1000])
+def test_t_quantile_is_the_975_point_of_students_t(df):
+    """Independent check: integrate the t density from 0 to the quantile -> 0.475."""
+    import math
+
+    import numpy as np
+
+    from softmax_approx.report.paired import t_quantile_975
+
+    q = t_quantile_975(df)
+    x = np.linspace(0.0, q, 100_001)
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+    area = np.trapezoid(c * (1 + x**2 / df) ** (-(df + 1) / 2), x)
+    assert area == pytest.approx(0.475, abs=2e-7)
+
+
+def set_metric(out: Path, task: str, policy: str, params: dict, values: dict[int, float]) -> None:
+    """Overwrite the test metric of the runs of one cell, per seed."""
+    key = "test/acc" if task in ("sst2", "imdb") else "test/bleu"
+    for path in (out / "runs").rglob("results.json"):
+        data = json.loads(path.read_text())
+        if (data["task"], data["policy"]) == (task, policy) and all(
+                data["policy_params"].get(k) == v for k, v in params.items()) and data["seed"] in values:
+            data["metrics"][key] = values[data["seed"]]
+            path.write_text(json.dumps(data))
+
+
+def test_paired_differences_and_t_interval_by_hand(out, defs):
+    import numpy as np
+
+    out, _ = out
+    set_metric(out, "sst2", "eager", {}, {0: 0.80, 1: 0.82, 2: 0.79})
+    set_metric(out, "sst2", "paper", {"S": 5}, {0: 0.83, 1: 0.83, 2: 0.84})
+    render_report(out, exp_dir=defs)
+    diffs = 100 * (np.array([0.83, 0.83, 0.84]) - np.array([0.80, 0.82, 0.79]))  # 3, 1, 5 points
+    mean, sd = diffs.mean(), diffs.std(ddof=1)
+    half = 4.302652729749464 * sd / np.sqrt(3)  # scipy.stats.t.ppf(0.975, 2)
+    rows = {(r["task"], r["setting"]): r for r in read_csv(out / "tables" / "quality_paired.csv")}
+    row = rows[("sst2", "paper S=5")]
+    assert json.loads(row["paired_diffs"]) == pytest.approx(list(diffs))
+    assert float(row["paired_mean"]) == pytest.approx(mean)
+    assert float(row["paired_ci95_low"]) == pytest.approx(mean - half)
+    assert float(row["paired_ci95_high"]) == pytest.approx(mean + half)
+    assert ("sst2", "eager") not in rows  # the baseline has no row of its own
+    q = (out / "tables" / "quality.md").read_text()
+    assert f"+{mean:.2f} [{mean - half:+.2f}, {mean + half:+.2f}] (n=3)" in q
+    # seed 0 of sst2 recompute failed: the pair is lost, the others count (n=2, t with 1 df)
+    rec = rows[("sst2", "recompute")]
+    assert json.loads(rec["paired_seeds"]) == [1, 2]
+    d = np.array(json.loads(rec["paired_diffs"]))
+    assert float(rec["paired_ci95_high"]) - float(rec["paired_mean"]) == pytest.approx(
+        12.706204736174696 * d.std(ddof=1) / np.sqrt(2))
+    # the trade-off uses the same paired mean and interval
+    pts = {(r["task"], r["setting"]): r for r in read_csv(out / "tables" / "tradeoff.csv")}
+    assert float(pts[("sst2", "paper S=5")]["quality_delta"]) == pytest.approx(mean)
+    assert float(pts[("sst2", "paper S=5")]["quality_ci95_low"]) == pytest.approx(mean - half)
+
+
+def test_one_seed_has_no_interval_and_says_so(tmp_path):
+    out = tmp_path / "smoke"
+    write_fixture_runs(out, "smoke", failed=None)
+    rep = render_report(out, write=False)
+    q = rep.tables["quality"].to_markdown()
+    assert "(n=1, no interval)" in q and "[" not in q.split("|---|")[1].replace("[1 failed]", "")
+    paired = rep.tables["quality_paired"]
+    assert {row[5] for row in paired.rows} == {"no interval (n=1)"}
+    assert all(math.isnan(r["paired_ci95_low"]) for r in paired.csv_rows)
+
+
+# ----------------------------------------------------------------------------- figures
+def _labels(fig) -> list[str]:
+    return [t.get_text() for ax in fig.axes for t in ax.texts if hasattr(t, "xyann")]
+
+
+def _inside_axes(fig) -> bool:
+    from softmax_approx.report.figures import text_box
+
+    r = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        frame = ax.get_window_extent(r)
+        for t in ax.texts:
+            if hasattr(t, "xyann"):
+                b = text_box(t, r)
+                if b.x0 < frame.x0 - 1 or b.x1 > frame.x1 + 1 or b.y0 < frame.y0 - 1 or b.y1 > frame.y1 + 1:
+                    return False
+    return True
+
+
+def test_which_policy_figure_labels_every_setting_without_overlap(tmp_path):
+    from softmax_approx.report.figures import label_overlaps, plot_which_policy
+    from fixtures_results import bench_records
+
+    exp = next(e for e in load_experiments("cpu") if e.kind == "bench")
+    recs = bench_records(exp, seq_lens=(128, 1024))
+    fig = plot_which_policy(recs, tmp_path / "wp", "cpu")
+    shown = [r for r in recs if r["seq_len"] == 1024]  # the longest n only
+    assert sorted(_labels(fig)) == sorted(
+        Setting(r["policy"], tuple(sorted(r["params"].items()))).label for r in shown)
+    assert label_overlaps(fig) == [] and _inside_axes(fig)
+    assert "n=1024" in fig.axes[0].get_title()
+    assert (tmp_path / "wp.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "wp.pdf").exists()
+
+
+def test_labels_never_overlap_even_in_a_tight_cluster():
+    from matplotlib.transforms import Bbox
+
+    from softmax_approx.report.figures import _new_figure, label_overlaps, place_labels
+
+    fig = _new_figure((6, 4))
+    ax = fig.subplots()
+    xs = [50 + 0.3 * i for i in range(10)]
+    ys = [10 + 0.2 * (i % 3) for i in range(10)]
+    ax.scatter(xs, ys)
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 20)
+    anns = place_labels(ax, xs, ys, [f"setting number {i}" for i in range(10)])
+    assert len(anns) == 10 and label_overlaps(fig) == []
+    r = fig.canvas.get_renderer()
+    pts = ax.transData.transform(list(zip(xs, ys)))
+    from softmax_approx.report.figures import text_box
+
+    for a in anns:  # no label covers a marker's centre
+        b = text_box(a, r)
+        assert not any(Bbox.from_extents(x - 2, y - 2, x + 2, y + 2).overlaps(b) for x, y in pts)
+
+
+def test_tradeoff_figure_has_no_overlapping_labels(out, defs):
+    from softmax_approx.report.figures import label_overlaps, plot_tradeoff
+    from softmax_approx.report.tables import tradeoff_points
+
+    out, _ = out
+    rep = render_report(out, exp_dir=defs, write=False)
+    pts = tradeoff_points(rep.experiments["tradeoff"], rep.cells["tradeoff"], rep.task_kinds,
+                          rep.experiments["quality"])
+    fig = plot_tradeoff(pts, title="t", profile="cpu")
+    want = [p for p in pts if p["status"] == "completed" and not p["is_baseline"]]
+    assert len(_labels(fig)) == len(want) and label_overlaps(fig) == [] and _inside_axes(fig)
+    assert {ax.get_title() for ax in fig.axes if ax.get_visible()} >= {"sst2", "multi30k"}
+
+
+def test_fidelity_figure_has_no_offset_text_under_its_titles(tmp_path):
+    """Cosines like 0.99998 made matplotlib write an axis offset (+9.9998e-1) over the title."""
+    from softmax_approx.report.figures import plot_fidelity
+
+    out = tmp_path / "smoke"
+    write_fixture_runs(out, "smoke", failed=None)
+    for path in (out / "runs").rglob("results.json"):
+        data = json.loads(path.read_text())
+        if data["policy"] == "quant" and data.get("fidelity"):
+            for i, layer in enumerate(data["fidelity"]["layers"].values()):
+                layer["cosine"] = 0.999981 + 1e-6 * i
+            path.write_text(json.dumps(data))
+    rep = render_report(out, write=False)
+    fig = plot_fidelity(rep.experiments["fidelity"], rep.cells["fidelity"])
+    r = fig.canvas.get_renderer()
+    fig.draw(r)
+    for ax in fig.axes:
+        assert ax.yaxis.get_offset_text().get_text() == ""
+        assert ax.xaxis.get_offset_text().get_text() == ""
+        assert ax.get_yscale() == "log"
+    titles = [ax.title.get_window_extent(r) for ax in fig.axes]
+    ticks = [t.get_window_extent(r) for ax in fig.axes for t in ax.get_yticklabels() if t.get_text()]
+    assert not any(a.overlaps(b) for a in titles for b in ticks)
