@@ -7,7 +7,7 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-from fixtures_results import write_fixture_runs
+from fixtures_results import write_fixture_bench, write_fixture_runs
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "analysis.ipynb"
 
@@ -23,6 +23,7 @@ def test_notebook_is_stored_without_outputs():
 def test_notebook_executes_on_fixture_results(tmp_path, monkeypatch):
     out = tmp_path / "smoke"
     write_fixture_runs(out, "smoke")  # includes one failed run
+    write_fixture_bench(out, "smoke")
     monkeypatch.setenv("SOFTMAX_APPROX_RESULTS", str(out))
     nb = nbformat.read(NOTEBOOK, as_version=4)
     # "python3" resolves to the running interpreter's ipykernel (jupyter_client swaps the
@@ -36,6 +37,7 @@ def test_notebook_executes_on_fixture_results(tmp_path, monkeypatch):
     assert "# Paper claims vs our measurements" in text
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
               if "image/png" in o.get("data", {})]
-    assert len(images) >= 4  # trade-off, fidelity, one per-layer plot per task
+    assert len(images) >= 5  # trade-off, which policy, fidelity, one per-layer plot per task
+    assert "paired differences to eager" in text
     assert "lowest cosine" in text
     assert not (out / "tables").exists()  # the notebook renders in memory only

@@ -15,7 +15,13 @@ from softmax_approx.report.definitions import (
     load_common,
     load_experiments,
 )
-from softmax_approx.report.figures import plot_fidelity, plot_fidelity_layers, plot_tradeoff
+from softmax_approx.report.figures import (
+    plot_fidelity,
+    plot_fidelity_layers,
+    plot_tradeoff,
+    plot_which_policy,
+)
+from softmax_approx.report.paired import Paired, paired
 from softmax_approx.report.render import Report, render_report
 from softmax_approx.report.results import Cell, Record, Stats, aggregate, load_results, stats
 from softmax_approx.report.tables import Table, fidelity_layers, tradeoff_points
@@ -28,8 +34,8 @@ def render_tables(out, **kwargs) -> Report:
 
 
 __all__ = [
-    "Cell", "Experiment", "Record", "Report", "Setting", "Stats", "Table", "aggregate",
+    "Cell", "Experiment", "Paired", "Record", "Report", "Setting", "Stats", "Table", "aggregate",
     "build_plan", "fidelity_layers", "load_common", "load_experiments", "load_results",
-    "load_wandb", "plot_fidelity", "plot_fidelity_layers", "plot_tradeoff", "render_report",
+    "load_wandb", "plot_fidelity", "plot_fidelity_layers", "plot_tradeoff", "plot_which_policy", "paired", "render_report",
     "render_tables", "stats", "tradeoff_points",
 ]
