@@ -68,6 +68,18 @@ def test_wordpiece_vocabulary_is_wordpiece():
     assert tok.encode("Ωmega").ids[0] == vocab["<unk>"]  # unseen first character
 
 
+def test_word_counts_match_the_bert_pre_tokenizer():
+    texts = corpus(50) + ["«Ça» — c'est… ¿qué? x-ray,ok!!  tab\there", "CAFÉ 3.5/10 (meh) [sic] #1 $5 @home", "",
+                          "中文字符 and ＡＢＣ full-width！", "a\u00a0b\u2003c\u200bd"]
+    pipe = tokmod._classification_pipeline()
+    expected: dict[str, int] = {}
+    for t in texts:
+        for w, _ in pipe.pre_tokenizer.pre_tokenize_str(pipe.normalizer.normalize_str(t)):
+            expected[w] = expected.get(w, 0) + 1
+    for chunk in (1, 7, 200):
+        assert dict(tokmod.word_counts(texts, chunk=chunk)) == expected
+
+
 def test_wordpiece_prefers_frequent_merges():
     texts = ["charming"] * 50 + ["c h a r m i n g"]
     tok = train_tokenizer("classification", texts, 40)

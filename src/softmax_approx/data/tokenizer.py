@@ -29,6 +29,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import string
+import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable
@@ -91,14 +94,47 @@ class _Alphabet:
         return (WORDPIECE_PREFIX if chars[0][1] else "") + "".join(c for c, _ in chars)
 
 
+def _is_bert_punct(ch: str) -> bool:
+    return ch in string.punctuation or unicodedata.category(ch).startswith("P")
+
+
+def word_counts(texts: Iterable[str], chunk: int = 200) -> Counter[str]:
+    """Words of the classification pipeline (BERT normalizer + pre-tokenizer) and their counts.
+
+    Same words as ``pre_tokenize_str(normalize_str(text))`` per text (tested), ~3x faster: the
+    normalizer is character-wise, so it runs on chunks of texts joined by newlines, and
+    BertPreTokenizer's rule (split on whitespace, every punctuation character alone) is one
+    regular expression over the characters that occur.
+    """
+    tok = _classification_pipeline()
+    assert tok.normalizer is not None
+    counts: Counter[str] = Counter()
+    batch: list[str] = []
+
+    def flush() -> None:
+        text = tok.normalizer.normalize_str("\n".join(batch))
+        chars = sorted(set(text) | {" "})
+        punct = "".join(re.escape(c) for c in chars if _is_bert_punct(c))
+        space = "".join(re.escape(c) for c in chars if c.isspace())
+        pattern = f"[{punct}]|[^{punct}{space}]+" if punct else f"[^{space}]+"
+        counts.update(re.findall(pattern, text))
+        batch.clear()
+
+    for text in texts:
+        batch.append(text)
+        if len(batch) == chunk:
+            flush()
+    if batch:
+        flush()
+    return counts
+
+
 def _train_wordpiece(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     """WordPiece vocabulary learned by BPE merges, deterministic (see the module docstring)."""
     tok = _classification_pipeline()
-    assert tok.normalizer is not None and tok.pre_tokenizer is not None
-    counts: Counter[str] = Counter()
-    for text in texts:
-        pieces = tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text))
-        counts.update(w for w, _ in pieces if len(w) <= 100)  # longer words are <unk> anyway
+    counts = word_counts(texts)
+    for w in [w for w in counts if len(w) > 100]:  # longer words are <unk> anyway
+        del counts[w]
     words = sorted(counts)
     alphabet = _Alphabet(words)
     bpe = Tokenizer(models.BPE())
