@@ -621,3 +621,18 @@ def test_fidelity_figure_has_no_offset_text_under_its_titles(tmp_path):
     titles = [ax.title.get_window_extent(r) for ax in fig.axes]
     ticks = [t.get_window_extent(r) for ax in fig.axes for t in ax.get_yticklabels() if t.get_text()]
     assert not any(a.overlaps(b) for a in titles for b in ticks)
+
+
+def test_partial_cells_say_how_many_seeds(out, defs):
+    """A reproduction still running: a seed without results.json shrinks n and is named."""
+    out, _ = out
+    for path in (out / "runs").rglob("results.json"):
+        data = json.loads(path.read_text())
+        if data["task"] == "multi30k" and data["seed"] == 2 and data["policy_params"].get("S") == 5:
+            path.unlink()
+    render_report(out, exp_dir=defs)
+    line = next(ln for ln in (out / "tables" / "quality.md").read_text().splitlines()
+                if ln.startswith("| paper S=5 |"))
+    cells = [c.strip() for c in line.split("|")[1:-1]]
+    assert cells[3].endswith("(n=2) [1 not run]") and "(n=2)" in cells[4]
+    assert "not run" not in cells[1]  # sst2 is complete

@@ -150,6 +150,13 @@ def _baseline(cells: dict[tuple[str, Setting], Cell], task: str, policy: str) ->
     return None
 
 
+def show_seeds(cell: Cell, stat: Stats, digits: int = 2, scale: float = 1.0) -> str:
+    """`Cell.show` plus how many planned seeds have no result yet (a partial reproduction)."""
+    text = cell.show(stat, digits, scale)
+    missing = cell.expected - len(cell.completed) - len(cell.failed)
+    return text + (f" [{missing} not run]" if cell.status == "completed" and missing > 0 else "")
+
+
 def _status_or(cell: Cell | None, text: str) -> str:
     if cell is None:
         return "not run"
@@ -344,7 +351,7 @@ def quality_table(exp: Experiment, cells: dict[tuple[str, Setting], Cell],
         for task in exp.tasks:
             info = q[(task, setting)]
             cell = info["cell"]
-            row.append(cell.show(info["stats"], 2, info["scale"]))
+            row.append(show_seeds(cell, info["stats"], 2, info["scale"]))
             row.append(paired_cell(info, base_name))
             extra = {}
             if info["kind"] == "translation":
@@ -439,7 +446,7 @@ def fidelity_table(exp: Experiment, cells: dict[tuple[str, Setting], Cell]) -> T
         for task in exp.tasks:
             cell = cells[(task, setting)]
             cos, rel = cell.values(fidelity_of), cell.values(lambda r: fidelity_of(r, "rel_err"))
-            row += [cell.show(cos, 4), cell.show(rel, 4)]
+            row += [show_seeds(cell, cos, 4), show_seeds(cell, rel, 4)]
             csv_rows.append(_base_row(exp, cell) | {"cosine_mean": cos.mean, "cosine_std": cos.std,
                                                     "rel_err_mean": rel.mean, "rel_err_std": rel.std})
         rows.append(row)
