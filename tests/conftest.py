@@ -59,12 +59,13 @@ def data_dir(tmp_path_factory) -> Path:
     return d
 
 
-def compose_cfg(overrides: list[str], run_dir: Path, data_dir: Path | None = None, tiny: bool = True) -> DictConfig:
-    """Compose conf/train.yaml with overrides; output/log dirs under ``run_dir``."""
+def compose_cfg(overrides: list[str], run_dir: Path, data_dir: Path | None = None, tiny: bool = True,
+                config_name: str = "train") -> DictConfig:
+    """Compose conf/<config_name>.yaml with overrides; output/log dirs under ``run_dir``."""
     GlobalHydra.instance().clear()
     extra = [f"paths.data_dir={data_dir}"] if data_dir is not None else []
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[*(TINY if tiny else []), *extra, *overrides], return_hydra_config=True)
+        cfg = compose(config_name, overrides=[*(TINY if tiny else []), *extra, *overrides], return_hydra_config=True)
     with open_dict(cfg):
         cfg.paths.root_dir = str(run_dir)
         cfg.paths.output_dir = str(run_dir)

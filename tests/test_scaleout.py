@@ -230,7 +230,7 @@ GRID = [(policy, seed) for policy in ("paper", "topk") for seed in (0, 1)]
 
 def test_wandb_group_is_the_sweep_and_names_are_distinct(tmp_path, data_dir):
     """The logger train.py builds for each job of `attention=paper,topk seed=0,1` (no run started)."""
-    from softmax_approx.train import _run_info
+    from softmax_approx.harness.job import run_info as _run_info
     from softmax_approx.harness.instantiate import instantiate_loggers
 
     sweep = tmp_path / "multiruns" / "2026-01-01_00-00-00_abcd1234"
@@ -258,13 +258,13 @@ def test_wandb_offline_runs_one_per_job_grouped_by_sweep(tmp_path, data_dir, mon
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     seen = []
-    original = train_mod._finish_wandb
+    original = train_mod.finish_wandb
 
     def spy(status):
         seen.append((wandb.run.group, wandb.run.name, wandb.run.id) if wandb.run is not None else None)
         original(status)
 
-    monkeypatch.setattr(train_mod, "_finish_wandb", spy)
+    monkeypatch.setattr(train_mod, "finish_wandb", spy)
     sweep = tmp_path / "multiruns" / "2026-01-01_00-00-00_feed0001"
     for num, (policy, seed) in enumerate([("paper", 0), ("topk", 1)]):
         cfg = compose_cfg(["logger=wandb", f"attention={policy}", f"seed={seed}"], sweep / str(num), data_dir)

@@ -19,12 +19,10 @@ import gc
 import logging
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from softmax_approx.conf import CONFIG_MODULE, CONFIG_NAME, CONFIG_PATH
@@ -32,6 +30,15 @@ from softmax_approx.harness import sweep as sweep_summary
 from softmax_approx.harness.build import build_datamodule, build_module, build_trainer
 from softmax_approx.harness.callbacks import LastCheckpoint
 from softmax_approx.harness.distributed import DistributedJob
+from softmax_approx.harness.job import (
+    check_checkpoint,
+    finish_wandb,
+    float_metrics,
+    is_multirun,
+    precheck_overrides,
+    run_info,
+    run_test,
+)
 from softmax_approx.harness.measure import run_stats
 from softmax_approx.harness.results import jsonable, new_record, resolved_config, results_path, write_results
 from softmax_approx.harness.resume import decide, read_record
@@ -46,28 +53,13 @@ class NoBestCheckpoint(RuntimeError):
     """Testing asked for the best checkpoint but none was saved."""
 
 
-def _run_info(cfg: DictConfig) -> tuple[Path, str | None, str | None]:
-    """(run dir, job id, multirun sweep name) from Hydra's runtime, when there is one."""
-    run_dir = Path(cfg.paths.output_dir)
-    job_id, sweep = run_dir.name, None
-    if _is_multirun():
-        hc = HydraConfig.get()
-        sweep = Path(hc.sweep.dir).name
-        job_id = f"{sweep}/{hc.job.num}"
-    return run_dir, job_id, sweep
-
-
-def _floats(metrics: dict) -> dict:
-    return {k: (v.item() if hasattr(v, "item") else float(v)) for k, v in metrics.items()}
-
-
 def train(cfg: DictConfig) -> tuple[dict, dict]:
     """Validate, build, fit, test from the best checkpoint; write results.json.
 
     Returns ``(metrics, objects)``. Raises ConfigError/DataError before reading any data.
     """
     validate_config(cfg)
-    run_dir, job_id, sweep = _run_info(cfg)
+    run_dir, job_id, sweep = run_info(cfg)
     out_path = results_path(run_dir)
     # Same command, same run dir: skip a completed run, resume an interrupted one (harness/resume.py).
     decision = decide(run_dir, jsonable(resolved_config(cfg)), cfg.get("ckpt_path"))
@@ -105,28 +97,12 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
             for cb in callbacks:
                 if isinstance(cb, LastCheckpoint):
                     metrics.update(cb.restored_metrics)
-            metrics.update(_floats(trainer.callback_metrics))
+            metrics.update(float_metrics(trainer.callback_metrics))
             stats = run_stats(callbacks, module)
             record.update(memory=stats["memory"], fidelity=stats["fidelity"], params=stats["params"],
                           timing={"train_seconds": train_seconds, **stats["timing"]})
         if cfg.get("test"):
-            ckpt_path = None
-            if cfg.test_weights == "best":
-                ckpt_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-                if not ckpt_path:
-                    raise NoBestCheckpoint(
-                        f"no best checkpoint on {cfg.task.metric} was saved (was validation run? "
-                        "check trainer.limit_val_batches / val_check_interval); refusing to test the last weights"
-                    )
-            record.test_weights = ckpt_path or "current"
-            trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
-            metrics.update(_floats(trainer.callback_metrics))
-            # Fields Lightning's numeric logging cannot carry (e.g. translation's sacreBLEU
-            # signature strings, test split name, sample translations).
-            if callable(getattr(module, "results_fields", None)):
-                extra = dict(module.results_fields())
-                metrics.update(extra.pop("metrics", {}))
-                record.update(**extra)
+            metrics.update(run_test(trainer, module, datamodule, _test_weights(cfg, trainer), record))
         record.metrics = dict(sorted(metrics.items()))
         _log_run_figures(loggers, record, step=trainer.global_step)
         record.finish("completed")
@@ -140,8 +116,26 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
             write_results(out_path, record)
         raise
     finally:
-        _finish_wandb(record.status)
+        finish_wandb(record.status)
         ddp.end(objects.get("trainer"))
+
+
+def _test_weights(cfg: DictConfig, trainer: L.Trainer) -> str | None:
+    """The checkpoint to test: the one given with ``train=false ckpt_path=...``; else the best
+    on ``task.metric`` (never silently the last weights); else, with ``test_weights=current``
+    (debug=fdr), the weights in memory (None)."""
+    if not cfg.get("train") and cfg.get("ckpt_path"):
+        return str(check_checkpoint(cfg.ckpt_path))
+    if cfg.test_weights != "best":
+        return None
+    ckpt_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if not ckpt_path:
+        raise NoBestCheckpoint(
+            f"no best checkpoint on {cfg.task.metric} was saved (was validation run? "
+            "check trainer.limit_val_batches / val_check_interval); refusing to test the last weights "
+            "(to test a saved checkpoint: train=false ckpt_path=... or python -m softmax_approx.eval ckpt_path=...)"
+        )
+    return ckpt_path
 
 
 def _log_run_figures(loggers: list, record: RunRecord, step: int) -> None:
@@ -160,16 +154,6 @@ def _log_run_figures(loggers: list, record: RunRecord, step: int) -> None:
         lg.save()
 
 
-def _finish_wandb(status: str) -> None:
-    """Close the W&B run of this job, whatever happened (multirun jobs never share a run)."""
-    if "wandb" not in sys.modules:
-        return
-    import wandb
-
-    if wandb.run is not None:
-        wandb.finish(exit_code=0 if status == "completed" else 1)
-
-
 def _optimized_metric(cfg: DictConfig, metrics: dict) -> float | None:
     name = cfg.task.metric
     if cfg.get("optimized_metric"):
@@ -177,10 +161,6 @@ def _optimized_metric(cfg: DictConfig, metrics: dict) -> float | None:
     if name == cfg.task.metric and f"{name}_best" in metrics:
         name = f"{name}_best"
     return metrics.get(name)
-
-
-def _is_multirun() -> bool:
-    return HydraConfig.initialized() and str(HydraConfig.get().mode) == "RunMode.MULTIRUN"
 
 
 def run_job(cfg: DictConfig) -> float | None:
@@ -192,7 +172,7 @@ def run_job(cfg: DictConfig) -> float | None:
     None is returned, so the sweep goes on; ``main()`` exits 1 after the sweep. KeyboardInterrupt
     still stops everything.
     """
-    multirun = _is_multirun()
+    multirun = is_multirun()
     try:
         metrics, _ = train(cfg)
         return _optimized_metric(cfg, metrics)
@@ -213,7 +193,7 @@ def run_job(cfg: DictConfig) -> float | None:
 def _record_failure(cfg: DictConfig, e: BaseException) -> None:
     error = one_line(e)
     print(f"error: job failed, the sweep goes on: {error}", file=sys.stderr)
-    run_dir, job_id, _ = _run_info(cfg)
+    run_dir, job_id, _ = run_info(cfg)
     path = results_path(run_dir)
     rec = read_record(path)
     if rec is None or rec.get("status") != "failed":
@@ -236,25 +216,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def _precheck_overrides(argv: list[str]) -> None:
-    """Compose once with the command-line overrides so that an unknown key or group option is
-    one line and exit code 2 (Hydra itself prints a multi-line report and exits 1). Skipped for
-    flags (``-m``, ``--cfg`` ...) and sweeps, which Hydra handles itself."""
-    if any(a.startswith("-") for a in argv):
-        return
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-            compose(CONFIG_NAME, overrides=argv)
-    except (HydraException, OmegaConfBaseException) as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        print(f"error: {' | '.join(lines[:3])}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        GlobalHydra.instance().clear()
+    precheck_overrides(argv, CONFIG_MODULE, CONFIG_NAME)
 
 
 def main() -> float | None:

@@ -17,6 +17,10 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from softmax_approx.data.batching import BucketBatchSampler, ResumableDataLoader
+from softmax_approx.utils.errors import ConfigError
+
+#: the in-memory splits ``test_split`` may name
+SPLITS = ("train", "val", "test")
 
 
 class BucketedDataModule(L.LightningDataModule):
@@ -29,6 +33,27 @@ class BucketedDataModule(L.LightningDataModule):
     seed: int
     num_workers: int
     pin_memory: bool
+    #: the split ``trainer.test`` reads: ``test``, or ``val``/``train`` to evaluate a checkpoint on
+    #: another of the run's splits (``python -m softmax_approx.eval ... task.datamodule.test_split=val``)
+    test_split: str = "test"
+    _test_split_name: str | None = None
+
+    def set_test_split(self, split: str) -> None:
+        if split not in SPLITS:
+            raise ConfigError(f"task.datamodule.test_split={split!r}: allowed values: {', '.join(SPLITS)}")
+        self.test_split = split
+
+    @property
+    def test_split_name(self) -> str | None:
+        """What the test metrics were computed on, for results.json and the tables (a subclass
+        sets the description of its real test split; another ``test_split`` says so)."""
+        if self.test_split == "test":
+            return self._test_split_name
+        return f"{getattr(self, 'task', '?')} {self.test_split} split (task.datamodule.test_split={self.test_split})"
+
+    @test_split_name.setter
+    def test_split_name(self, value: str | None) -> None:
+        self._test_split_name = value
 
     def item_length(self, item: dict) -> int:
         raise NotImplementedError
@@ -78,4 +103,4 @@ class BucketedDataModule(L.LightningDataModule):
         return self._loader("val", False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
+        return self._loader(self.test_split, False)

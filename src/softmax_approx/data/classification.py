@@ -110,8 +110,10 @@ class ClassificationDataModule(BucketedDataModule):
         prepend_cls: bool = False,
         pin_memory: bool = False,
         hf_tokenizer: str | None = None,
+        test_split: str = "test",
     ) -> None:
         super().__init__()
+        self.set_test_split(test_split)
         if task not in DEFAULT_VAL_SIZE:
             raise ConfigError(f"data.task={task!r}: allowed classification tasks: sst2, imdb")
         if max_len < 2:

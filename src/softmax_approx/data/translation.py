@@ -87,8 +87,10 @@ class TranslationDataModule(BucketedDataModule):
         src_lang: str = "de",
         tgt_lang: str = "en",
         pin_memory: bool = False,
+        test_split: str = "test",
     ) -> None:
         super().__init__()
+        self.set_test_split(test_split)
         if task not in TRANSLATION_TASKS:
             raise ConfigError(f"data.task={task!r}: allowed translation tasks: {', '.join(TRANSLATION_TASKS)}")
         if (src_lang, tgt_lang) not in (("de", "en"), ("en", "de")):

@@ -74,6 +74,12 @@ def _check_training_knobs(cfg: DictConfig) -> None:
     if "batch_size" in dm and "max_tokens" in dm and dm.get("batch_size") is None and dm.get("max_tokens") is None:
         raise ConfigError("task.datamodule.batch_size and task.datamodule.max_tokens are both null: set one to an integer >= 1")
     _optional_int(cfg, "task.datamodule.num_workers", 0)
+    split = OmegaConf.select(cfg, "task.datamodule.test_split")
+    if split is not None:
+        from softmax_approx.data.base import SPLITS
+
+        if split not in SPLITS:
+            raise ConfigError(f"task.datamodule.test_split={split!r}: allowed values: {', '.join(SPLITS)}")
     max_steps = OmegaConf.select(cfg, "trainer.max_steps")
     if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps == 0 or max_steps < -1):
         raise ConfigError(f"trainer.max_steps={max_steps!r}: must be -1 (no step limit) or an integer >= 1")

@@ -1,0 +1,85 @@
+"""Evaluation entry point: test a saved checkpoint, write results.json in a run dir of its own.
+
+    python -m softmax_approx.eval ckpt_path=RUN/checkpoints/best-42.ckpt task=sst2 profile=smoke
+    python -m softmax_approx.eval ckpt_path=... task=multi30k model=transformer_multi30k task.datamodule.test_split=val
+
+As lightning-hydra-template's ``eval.py`` (or fairseq's ``generate``): the config is the
+training tree (``conf/eval.yaml`` includes ``train.yaml``), so give the training run's
+overrides and the model fits the checkpoint. ``task.datamodule.test_split`` picks the split
+(``test``, ``val`` or ``train``). A missing file or one that is not a checkpoint is one line and
+exit code 2, as is any other config or data problem.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from softmax_approx.conf import CONFIG_MODULE, CONFIG_PATH
+from softmax_approx.harness.build import build_datamodule, build_module, build_trainer
+from softmax_approx.harness.job import check_checkpoint, finish_wandb, precheck_overrides, run_info, run_test
+from softmax_approx.harness.results import new_record, results_path, write_results
+from softmax_approx.harness.validation import validate_config
+from softmax_approx.utils.errors import ConfigError, UserError, one_line
+
+CONFIG_NAME = "eval"
+
+
+def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
+    """Check the checkpoint and config, test, write results.json; returns ``(metrics, objects)``."""
+    ckpt = check_checkpoint(cfg.get("ckpt_path"))
+    validate_config(cfg)
+    run_dir, job_id, group = run_info(cfg)
+    out_path = results_path(run_dir)
+    record = new_record(cfg, run_dir, job_id)
+    record.update(evaluated=str(ckpt))
+    write_results(out_path, record)
+    objects: dict[str, Any] = {"cfg": cfg}
+    try:
+        datamodule = build_datamodule(cfg, "test")
+        module = build_module(cfg, datamodule)
+        trainer, callbacks, loggers = build_trainer(cfg, run_dir, group=group, training=False)
+        objects.update(datamodule=datamodule, model=module, trainer=trainer, loggers=loggers)
+        record.params = module.param_counts()
+        try:
+            metrics = run_test(trainer, module, datamodule, str(ckpt), record)
+        except RuntimeError as e:
+            if "state_dict" not in str(e):
+                raise
+            raise ConfigError(
+                f"ckpt_path={str(ckpt)!r} does not fit the composed model ({str(e).splitlines()[0]}); give the "
+                "training run's overrides (its .hydra/overrides.yaml: task=, model=, profile=, ...)"
+            ) from None
+        record.metrics = dict(sorted(metrics.items()))
+        record.finish("completed")
+        write_results(out_path, record)
+        objects["record"] = record.to_dict()
+        return metrics, objects
+    except BaseException as e:
+        record.finish("failed", one_line(e))
+        write_results(out_path, record)
+        raise
+    finally:
+        finish_wandb(record.status)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        evaluate(cfg)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    """``python -m softmax_approx.eval``: a bad override or checkpoint is one line, exit 2."""
+    precheck_overrides(sys.argv[1:], CONFIG_MODULE, CONFIG_NAME)
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

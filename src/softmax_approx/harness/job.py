@@ -1,0 +1,104 @@
+"""Pieces of a job that ``train`` and ``eval`` share: where it runs, the test phase, closing W&B.
+
+Why here: both entry points test a checkpoint the same way and record it in the same fields
+(``test_weights``, ``metrics``, a task's ``results_fields``), so a change to testing is made once.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from softmax_approx.utils.errors import ConfigError
+from softmax_approx.utils.run_record import RunRecord
+
+
+def is_multirun() -> bool:
+    return HydraConfig.initialized() and str(HydraConfig.get().mode) == "RunMode.MULTIRUN"
+
+
+def run_info(cfg: DictConfig) -> tuple[Path, str | None, str | None]:
+    """(run dir, job id, multirun sweep name) from Hydra's runtime, when there is one."""
+    run_dir = Path(cfg.paths.output_dir)
+    job_id, sweep = run_dir.name, None
+    if is_multirun():
+        hc = HydraConfig.get()
+        sweep = Path(hc.sweep.dir).name
+        job_id = f"{sweep}/{hc.job.num}"
+    return run_dir, job_id, sweep
+
+
+def float_metrics(metrics: dict) -> dict:
+    return {k: (v.item() if hasattr(v, "item") else float(v)) for k, v in metrics.items()}
+
+
+def check_checkpoint(path: Any, key: str = "ckpt_path") -> Path:
+    """``path`` as a Lightning checkpoint file, or one ConfigError line saying what it is not."""
+    import torch
+
+    if path is None or str(path) == "":
+        raise ConfigError(f"{key} is required: give {key}=PATH/TO/<run dir>/checkpoints/<name>.ckpt")
+    p = Path(str(path))
+    if not p.is_file():
+        raise ConfigError(f"{key}={str(path)!r}: no such checkpoint file; give an existing .ckpt "
+                          "(a run's checkpoints/ folder holds best-*.ckpt and last.ckpt)")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=False)  # a checkpoint the user made
+    except Exception as e:  # noqa: BLE001 - pickle, zip and torch raise many types
+        raise ConfigError(f"{key}={str(path)!r}: not a PyTorch checkpoint ({type(e).__name__}); "
+                          "give a .ckpt written by softmax-approx-train") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ConfigError(f"{key}={str(path)!r}: not a Lightning checkpoint (no state_dict); "
+                          "give a .ckpt written by softmax-approx-train")
+    return p
+
+
+def run_test(trainer: L.Trainer, module: Any, datamodule: Any, ckpt_path: str | None, record: RunRecord) -> dict:
+    """``trainer.test`` with ``ckpt_path`` (None: the current weights); returns the metrics and
+    records the weights tested plus what a task adds that numeric logging cannot carry
+    (translation's sacreBLEU signatures, the test split's name, sample translations)."""
+    record.test_weights = ckpt_path or "current"
+    trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    metrics = float_metrics(trainer.callback_metrics)
+    if callable(getattr(module, "results_fields", None)):
+        extra = dict(module.results_fields())
+        metrics.update(extra.pop("metrics", {}))
+        record.update(**extra)
+    return metrics
+
+
+def finish_wandb(status: str) -> None:
+    """Close the W&B run of this job, whatever happened (multirun jobs never share a run)."""
+    if "wandb" not in sys.modules:
+        return
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish(exit_code=0 if status == "completed" else 1)
+
+
+def precheck_overrides(argv: list[str], config_module: str, config_name: str) -> None:
+    """Compose once with the command-line overrides so that an unknown key or group option is
+    one line and exit code 2 (Hydra itself prints a multi-line report and exits 1). Skipped for
+    flags (``-m``, ``--cfg`` ...) and sweeps, which Hydra handles itself."""
+    if any(a.startswith("-") for a in argv):
+        return
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_module(config_module, version_base="1.3"):
+            compose(config_name, overrides=argv)
+    except (HydraException, OmegaConfBaseException) as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        print(f"error: {' | '.join(lines[:3])}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        GlobalHydra.instance().clear()
