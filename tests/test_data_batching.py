@@ -249,3 +249,36 @@ def test_lightning_resume_mid_epoch_continues_with_the_next_unseen_batch(tmp_pat
     for step in (4, 10, 13):  # mid epoch 0, the epoch boundary, mid epoch 1
         resumed = _fit(tmp_path, tmp_path, ckpt_path=tmp_path / "ckpt" / f"step={step}.ckpt")
         assert resumed == full[step:], f"resume from step {step}"  # same epoch, batch_idx and batch
+
+
+def test_resume_property_random_data_positions_and_ranks(monkeypatch):
+    """200 random cases: any data, batching, epoch, rank and position resume exactly."""
+    from softmax_approx.data import batching
+
+    rng = random.Random(1)
+    for _ in range(200):
+        lengths = [rng.randint(1, 50) for _ in range(rng.randint(1, 120))]
+        kw = dict(max_tokens=rng.randint(50, 250)) if rng.random() < 0.5 else dict(batch_size=rng.randint(1, 20))
+        kw.update(seed=rng.randint(0, 3), chunk_batches=rng.randint(1, 5))
+        world = rng.randint(1, 3)
+        monkeypatch.setattr(batching, "_dist", lambda r=rng.randrange(world), w=world: (r, w))
+        epoch = rng.randint(0, 5)
+
+        def sampler(e):
+            s = BucketBatchSampler(lengths, **kw)
+            s.set_epoch(e)
+            return s
+
+        expected = list(sampler(epoch))
+        k = rng.randint(0, len(expected))
+        a = sampler(epoch)
+        it = iter(a)
+        head = [next(it) for _ in range(k)]
+        b = BucketBatchSampler(lengths, **kw)
+        b.load_state_dict(a.state_dict())
+        if k < len(expected):
+            b.set_epoch(epoch)
+            assert head + list(b) == expected
+        else:  # a finished epoch resumes with the whole next one
+            b.set_epoch(epoch + 1)
+            assert head == expected and list(b) == list(sampler(epoch + 1))
