@@ -218,6 +218,7 @@ BAD = [
     (["+model.bogus=1"], ConfigError, r"^model\.bogus: unknown key .*allowed keys: .*d_model"),
     (["+task.datamodule.bogus=1"], ConfigError, r"^task\.datamodule\.bogus: unknown key"),
     (["seed=null"], ConfigError, r"^seed=None: must be an integer"),
+    (["profile_name=mine"], ConfigError, r"^task\.sizes\.\w+ has no column for profile 'mine' .*conf/task/sst2\.yaml$"),
     (["model.pool=cls"], ConfigError, r"prepend_cls=true"),
     (["model.dropout=1.5"], ConfigError, r"^model\.dropout=1\.5"),
     (["trainer=gpu"], ConfigError, r"trainer\.accelerator=gpu: no CUDA"),

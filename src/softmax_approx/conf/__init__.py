@@ -29,6 +29,18 @@ def _default_data_dir() -> str:
     return str(default_data_dir())
 
 
+def check_profile_columns(cfg) -> str | None:
+    """The problem, in one line, when the task's ``task.sizes`` table has no column for the
+    profile in use (a new profile must add one to every task file), else None."""
+    profile = cfg.get("profile_name")
+    task = cfg.get("task") or {}
+    for key, column in (task.get("sizes") or {}).items():
+        if profile not in column:
+            return (f"task.sizes.{key} has no column for profile {profile!r} (columns: {', '.join(column)}); "
+                    f"add `{profile}: ...` to it in conf/task/{task.get('name')}.yaml")
+    return None
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("cwd"):
         OmegaConf.register_new_resolver("cwd", os.getcwd)

@@ -127,6 +127,11 @@ def validate_config(cfg: DictConfig, check_data: bool = True) -> None:
     """Raise ConfigError/DataError (one line) for the first problem found; read no data."""
     from softmax_approx.core import POLICY_NAMES, make_policy
 
+    from softmax_approx.conf import check_profile_columns
+
+    problem = check_profile_columns(cfg)  # before anything reads a value through the table
+    if problem:
+        raise ConfigError(problem)
     seed = cfg.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed={seed!r}: must be an integer (0 is a valid seed)")
