@@ -82,7 +82,8 @@ def place_labels(ax: Any, xs: Sequence[float], ys: Sequence[float], texts: Seque
                               ha=ha, va=va, fontsize=fontsize,
                               arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.45",
                                           "shrinkA": 0, "shrinkB": 3} if far else None)
-            box = text_box(ann, renderer).padded(1)
+            b = text_box(ann, renderer)  # a gap of about one character between labels
+            box = Bbox.from_extents(b.x0 - 6, b.y0 - 2, b.x1 + 6, b.y1 + 2)
             inside = (box.x0 >= frame.x0 and box.x1 <= frame.x1
                       and box.y0 >= frame.y0 and box.y1 <= frame.y1)
             if inside and not any(box.overlaps(b) for b in blocked):
