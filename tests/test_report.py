@@ -636,3 +636,49 @@ def test_partial_cells_say_how_many_seeds(out, defs):
     cells = [c.strip() for c in line.split("|")[1:-1]]
     assert cells[3].endswith("(n=2) [1 not run]") and "(n=2)" in cells[4]
     assert "not run" not in cells[1]  # sst2 is complete
+
+
+def test_cpu_plan_is_the_promised_one_and_renders_without_holes(tmp_path):
+    """cpu: SST-2 every memory setting x 3 seeds, Multi30k 5 settings x 3, IMDB 4 x 1 seed."""
+    exps = load_experiments("cpu")
+    plan = build_plan(exps, load_common())
+    by_task: dict[str, set] = {}
+    for spec in plan.runs.values():
+        by_task.setdefault(spec.task, set()).add((spec.setting.label, spec.seed))
+    memory = next(e for e in exps if e.name == "memory")
+    assert by_task["sst2"] == {(s.label, n) for s in memory.settings for n in (0, 1, 2)}
+    m30k = {"eager", "paper S=5", "quant bits=8", "topk keep_ratio=1/4", "recompute"}
+    assert by_task["multi30k"] == {(s, n) for s in m30k for n in (0, 1, 2)}
+    assert by_task["imdb"] == {(s, 0) for s in {"eager", "paper S=5", "quant bits=8", "recompute"}}
+    assert set(by_task) == {"sst2", "multi30k", "imdb"}
+    out = tmp_path / "cpu"
+    write_fixture_runs(out, "cpu", failed=None)
+    write_fixture_bench(out, "cpu")
+    rep = render_report(out)
+    for name in ("memory", "quality", "quality_paired", "tradeoff", "fidelity", "claims"):
+        md = rep.tables[name].to_markdown()
+        assert "not run" not in md and "failed" not in md and "not measured" not in md, name
+    q = rep.tables["quality"].to_markdown()
+    line = next(ln for ln in q.splitlines() if ln.startswith("| paper S=2 |"))
+    assert line.count("not planned") == 2 * 2  # multi30k and imdb: value and paired Δ
+    assert "| paper S=5 |" in q and "(n=1, no interval)" in q  # IMDB: one seed
+    assert not any(r[0] == "imdb" and r[1] == "paper S=2" for r in rep.tables["memory"].rows)
+
+
+def test_per_task_must_be_a_subset(tmp_path):
+    d = tmp_path / "e"
+    d.mkdir()
+    (d / "m.yaml").write_text(textwrap.dedent("""\
+        name: m
+        kind: memory
+        tasks: [sst2]
+        policies: [eager]
+        seeds: [0]
+        per_task: {sst2: {policies: [recompute]}}
+        """))
+    with pytest.raises(ConfigError, match=r"per_task.sst2 lists \['recompute'\]"):
+        load_experiments("cpu", d)
+    (d / "m.yaml").write_text((d / "m.yaml").read_text().replace("sst2: {policies: [recompute]}",
+                                                                 "imdb: {seeds: [0]}"))
+    with pytest.raises(ConfigError, match="per_task.imdb: not one of"):
+        load_experiments("cpu", d)

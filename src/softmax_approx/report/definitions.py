@@ -24,7 +24,7 @@ from softmax_approx.utils.errors import ConfigError
 PROFILES = ("smoke", "cpu", "paper")
 KINDS = ("memory", "quality", "tradeoff", "fidelity", "claims", "bench")
 # Keys a profile section may replace wholesale.
-_PROFILE_KEYS = ("tasks", "policies", "seeds", "overrides", "bench_args")
+_PROFILE_KEYS = ("tasks", "policies", "seeds", "overrides", "bench_args", "per_task")
 
 
 def default_experiments_dir() -> Path:
@@ -109,6 +109,17 @@ class Experiment:
     overrides: list[str] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    # task -> {"settings": [...], "seeds": [...]}: a task that runs only part of the grid
+    per_task: dict[str, dict[str, list]] = field(default_factory=dict)
+
+    def settings_for(self, task: str) -> list[Setting]:
+        return list(self.per_task.get(task, {}).get("settings") or self.settings)
+
+    def seeds_for(self, task: str) -> list[int]:
+        return list(self.per_task.get(task, {}).get("seeds") or self.seeds)
+
+    def planned(self, task: str, setting: Setting) -> bool:
+        return setting in self.settings_for(task)
 
     @property
     def uses(self) -> list[str]:
@@ -129,7 +140,8 @@ class Experiment:
     def runs(self, common_overrides: list[str]) -> list[RunSpec]:
         """Every (task, setting, seed) of this experiment as a RunSpec (none for `bench`)."""
         out = []
-        for task, setting, seed in itertools.product(self.tasks, self.settings, self.seeds):
+        for task, setting, seed in ((t, s, n) for t in self.tasks for s in self.settings_for(t)
+                                    for n in self.seeds_for(t)):
             ov = [f"task={task}", f"attention={setting.policy}"]
             ov += [f"attention.params.{k}={v}" for k, v in setting.params]
             ov += [f"profile={self.profile}", f"seed={seed}", *common_overrides, *self.overrides]
@@ -209,7 +221,7 @@ def resolve(data: dict[str, Any], profile: str, path: Path | None = None) -> Exp
                 f"allowed: {', '.join(_PROFILE_KEYS)}"
             )
         merged.update(section)
-    return Experiment(
+    exp = Experiment(
         name=str(data["name"]),
         kind=str(data["kind"]),
         title=str(data.get("title", data["name"])),
@@ -222,6 +234,29 @@ def resolve(data: dict[str, Any], profile: str, path: Path | None = None) -> Exp
         raw=merged,
         path=path,
     )
+    exp.per_task = _per_task(merged.get("per_task") or {}, exp, where)
+    return exp
+
+
+def _per_task(data: Any, exp: Experiment, where: str) -> dict[str, dict[str, list]]:
+    """`per_task: {imdb: {policies: [...], seeds: [0]}}`: a subset of the grid for one task
+    (fewer settings or seeds where a task is expensive); its settings must be in `policies`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: per_task must map a task to {{policies: [...], seeds: [...]}}")
+    out: dict[str, dict[str, list]] = {}
+    for task, spec in data.items():
+        if str(task) not in exp.tasks:
+            raise ConfigError(f"{where}: per_task.{task}: not one of this profile's tasks "
+                              f"{exp.tasks}; add it to `tasks` or remove the entry")
+        if not isinstance(spec, dict) or set(spec) - {"policies", "seeds"}:
+            raise ConfigError(f"{where}: per_task.{task} may only set `policies` and `seeds`")
+        settings = parse_policies(spec.get("policies") or [], f"{where}: per_task.{task}")
+        extra = [s.label for s in settings if s not in exp.settings]
+        if extra:
+            raise ConfigError(f"{where}: per_task.{task} lists {extra}, which are not in "
+                              "`policies`; a task may only run a subset of the table's rows")
+        out[str(task)] = {"settings": settings, "seeds": [int(x) for x in spec.get("seeds") or []]}
+    return out
 
 
 def load_experiments(profile: str, exp_dir: Path | str | None = None) -> list[Experiment]:

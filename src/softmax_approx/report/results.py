@@ -122,10 +122,13 @@ class Cell:
 
     @property
     def status(self) -> str:
-        """`completed`, `failed` (none completed, one failed), or `not run`."""
+        """`completed`, `failed` (none completed, one failed), `not run`, or `not planned`
+        (the definition's per_task leaves this setting out for this task)."""
         if self.completed:
             return "completed"
-        return "failed" if self.failed else "not run"
+        if self.failed:
+            return "failed"
+        return "not run" if self.expected else "not planned"
 
     def values(self, fn: Callable[[Record], Any]) -> Stats:
         return stats(_num(fn(r)) for r in self.completed)
@@ -179,8 +182,9 @@ def aggregate(
     cells: dict[tuple[str, Setting], Cell] = {}
     for task in exp.tasks:
         for setting in exp.settings:
-            cell = Cell(task, setting, expected=len(exp.seeds))
-            for seed in exp.seeds:
+            seeds = exp.seeds_for(task) if exp.planned(task, setting) else []
+            cell = Cell(task, setting, expected=len(seeds))
+            for seed in seeds:
                 cands = list(by_key.get(keys.get((task, setting, seed), ""), []))
                 if not cands:
                     cands = [

@@ -173,6 +173,8 @@ def memory_table(exp: Experiment, cells: dict[tuple[str, Setting], Cell]) -> Tab
     header += [f"attention vs {ref_name}"] if has_ref else []
     rows, csv_rows = [], []
     for (task, setting), cell in cells.items():
+        if cell.status == "not planned":
+            continue
         base, ref = _baseline(cells, task, base_name), _baseline(cells, task, ref_name)
         m = {k: mem_stats(cell, k) for k in MEMORY_KEYS}
         bm = {k: mem_stats(base, k) if base else stats([]) for k in MEMORY_KEYS}
@@ -394,7 +396,7 @@ def paired_table(exp: Experiment, cells: dict[tuple[str, Setting], Cell],
     rows, csv_rows = [], []
     for (task, setting), info in q.items():
         cell, base, pair = info["cell"], info["base"], info["paired"]
-        if base is not None and setting == base.setting:
+        if (base is not None and setting == base.setting) or cell.status == "not planned":
             continue
         label = info["metric"]["label"]
         status = paired_cell(info, base_name)
@@ -488,6 +490,8 @@ def tradeoff_table(exp: Experiment, points: list[dict[str, Any]]) -> Table:
               "quality paired Δ vs eager [95% CI]"]
     rows = []
     for p in points:
+        if p["status"] == "not planned":
+            continue
         if p["status"] != "completed":
             rows.append([p["task"], p["setting"], p["status"], p["status"]])
             continue
