@@ -13,6 +13,7 @@ exit code 2, as is any other config or data problem.
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Any
 
 import hydra
@@ -30,6 +31,8 @@ CONFIG_NAME = "eval"
 
 def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     """Check the checkpoint and config, test, write results.json; returns ``(metrics, objects)``."""
+    # Lightning asks for the training callbacks whose state is in the checkpoint; testing needs none.
+    warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`")
     ckpt = check_checkpoint(cfg.get("ckpt_path"))
     validate_config(cfg)
     run_dir, job_id, group = run_info(cfg)
@@ -69,10 +72,12 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
 def _hydra_main(cfg: DictConfig) -> None:
     try:
-        evaluate(cfg)
+        metrics, objects = evaluate(cfg)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()) if isinstance(v, float))
+    print(f"{results_path(objects['record']['run_dir'])}: {shown}")
 
 
 def main() -> None:
