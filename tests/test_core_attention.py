@@ -100,7 +100,7 @@ def test_dropout_masks_differ_between_calls_and_respect_rate():
     a = attention(q, k, v, dropout_p=0.5, policy="exact")
     b = attention(q, k, v, dropout_p=0.5, policy="exact")
     assert not torch.allclose(a, b)
-    keep = core_dropout.keep_mask(7, (200, 200), 0.25, torch.device("cpu"))
+    keep = core_dropout.keep_mask(torch.tensor([0, 7]), (200, 200), 0.25, torch.device("cpu"))
     assert abs(keep.float().mean().item() - 0.75) < 0.01
 
 
@@ -174,7 +174,7 @@ def test_bad_dropout_and_mask_dtype_are_rejected():
     with pytest.raises(ValueError, match="dropout_p"):
         attention(q, k, v, dropout_p=1.0)
     with pytest.raises(TypeError, match="bool"):
-        attention(q, k, v, mask=torch.ones(24, 24))
+        attention(q, k, v, mask=torch.ones(24, 24, dtype=torch.long))
 
 
 def test_policy_params_are_exactly_the_declared_parameters():

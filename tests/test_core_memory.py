@@ -1,5 +1,7 @@
 """The activation meter: hand-counted bytes, storage dedup, parameter exclusion, categories."""
 
+import math
+
 import pytest
 import torch
 
@@ -50,15 +52,18 @@ def test_fused_policies_keep_exactly_their_state(n):
     expected = {
         "exact": rows * n * 4,
         "recompute": rows * 4,                                          # one fp32 lse per row
-        "paper": rows * (n * index_dtype(n).itemsize + 2 * S * 4 + 4 + index_dtype(n + 1).itemsize),
+        # ranks: one byte per entry, plus ceil(log2 n) - 8 packed bit planes above n = 256
+        "paper": rows * (n + max(0, math.ceil(math.log2(n)) - 8) * math.ceil(n / 8) + 2 * S * 4 + 4
+                         + index_dtype(n + 1).itemsize),
         "quant": rows * (n + 4),                                        # 8-bit codes + fp32 scale
     }
     for policy, want in expected.items():
         with ActivationMeter() as meter:
             attention(q, k, v, dropout_p=0.1, policy=policy)
         r = meter.report()
-        assert r.softmax_state_bytes == want, policy
-        assert r.total_bytes == want + 3 * q.numel() * 4, policy        # + q, k, v; no mask, seed only
+        seed = 16                                                        # the dropout seed: 2 int64
+        assert r.softmax_state_bytes == want + seed, policy
+        assert r.total_bytes == want + seed + 3 * q.numel() * 4, policy  # + q, k, v; no mask
 
 
 def test_module_categories_and_parameter_exclusion():

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from softmax_approx.core import approx_softmax, index_dtype, make_policy, masked_softmax, valid_mask
+from softmax_approx.core.policies import Paper
 
 
 def paper_rebuild_reference(row: np.ndarray, valid: np.ndarray, S: int) -> np.ndarray:
@@ -59,8 +60,9 @@ def test_paper_rebuild_matches_independent_derivation(n, mask_kind):
     state = policy.compress(probs, None if valid is None else valid)
     full_valid = torch.ones_like(probs, dtype=torch.bool) if valid is None else valid
     rebuilt = policy.restore(state, full_valid)
-    assert state[0].dtype == index_dtype(n)                          # ranks: smallest dtype
-    assert sorted(state[0][-1].long().tolist()) == list(range(n))    # a permutation
+    assert state[0].dtype == torch.uint8                             # ranks: one byte (+ packed high bits)
+    order = Paper.sort_order(state)
+    assert sorted(order[-1].tolist()) == list(range(n))              # a permutation
     for i in range(rows):
         want = paper_rebuild_reference(probs[i].double().numpy(), full_valid[i].numpy(), S)
         np.testing.assert_allclose(rebuilt[i].double().numpy(), want, atol=2e-6, rtol=1e-4)
@@ -82,8 +84,7 @@ def test_ranks_do_not_overflow_beyond_256():
     n = 300
     probs = torch.softmax(torch.linspace(0, 5, n), -1)[None]          # strictly increasing
     policy = make_policy("paper", S=5)
-    order = policy.compress(probs, None)[0]          # sort permutation (the ranks' inverse)
-    assert order.dtype == torch.int16
+    order = Paper.sort_order(policy.compress(probs, None))  # sort permutation (the ranks' inverse)
     assert order[0].tolist() == list(range(n - 1, -1, -1))
     assert index_dtype(256) == torch.uint8 and index_dtype(257) == torch.int16
     assert index_dtype(40000) == torch.int32

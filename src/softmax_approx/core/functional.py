@@ -26,16 +26,17 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from . import dropout as _dropout
 from .memory import attention_scope
-from .policies import Policy, make_policy
+from .policies import POLICIES, Policy, make_policy, work_dtype
 
 
 def valid_mask(
     mask: torch.Tensor | None, causal: bool, lq: int, lk: int, device: torch.device
 ) -> torch.Tensor | None:
-    """Combine a user mask and the causal mask into one bool mask (True = may attend)."""
+    """Combine a bool user mask and the causal mask into one bool mask (True = may attend)."""
     if mask is not None and mask.dtype != torch.bool:
         raise TypeError(f"attention: mask must be a bool tensor (True = may attend), got {mask.dtype}")
     if not causal:
@@ -44,29 +45,72 @@ def valid_mask(
     return tri if mask is None else mask & tri
 
 
-def masked_softmax(scores: torch.Tensor, valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax over the last dim with masked entries exactly 0 and empty rows all 0.
+def _valid_with_bias(valid: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor | None:
+    """`valid` with the bias's -inf entries masked too (-inf in a bias acts as a mask)."""
+    if bias is None:
+        return valid
+    finite = bias != float("-inf")
+    return finite if valid is None else valid & finite
 
-    Returns (probs, log-sum-exp per row); the lse of an empty row is -inf. No autograd.
+
+def masked_softmax(scores: torch.Tensor, valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax over the last dim with masked (and -inf) entries exactly 0 and empty rows all 0.
+
+    Computed in float32 for half-precision scores (float64 for float64). Returns (probs,
+    log-sum-exp per row), both in that dtype; the lse of an empty row is +inf, so that
+    ``exp(scores - lse)`` rebuilds it as zeros. No autograd.
     """
+    scores = scores.to(work_dtype(scores.dtype))
     if valid is not None:
         scores = scores.masked_fill(~valid, float("-inf"))
     row_max = scores.amax(-1, keepdim=True)
-    row_max = torch.where(row_max == float("-inf"), torch.zeros_like(row_max), row_max)
+    empty = row_max == float("-inf")
+    row_max = torch.where(empty, torch.zeros_like(row_max), row_max)
     exp = (scores - row_max).exp_()
     denom = exp.sum(-1, keepdim=True)
     probs = exp.div_(torch.where(denom == 0, torch.ones_like(denom), denom))
-    lse = row_max.float() + denom.float().log()
+    lse = torch.where(empty, torch.full_like(row_max, float("inf")), row_max + denom.log())
     return probs, lse
 
 
-def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> None:
+def _check_inputs(q, k, v, mask, bias, dropout_p) -> None:
     if q.dim() < 2 or k.dim() != q.dim() or v.dim() != q.dim():
         raise ValueError(f"attention: q, k, v must have the same rank >= 2, got {q.shape}, {k.shape}, {v.shape}")
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
         raise ValueError(f"attention: incompatible shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if q.dim() >= 3:
+        hq = q.shape[-3]
+        for name, t in (("k", k), ("v", v)):
+            h = t.shape[-3]
+            if h not in (hq, 1) and (h > hq or hq % h):
+                raise ValueError(
+                    f"attention: q has {hq} heads but {name} has {h}; grouped-query attention needs "
+                    f"the query heads to be a multiple of the key/value heads"
+                )
     if not (0.0 <= float(dropout_p) < 1.0):
         raise ValueError(f"attention: dropout_p must be in [0, 1), got {dropout_p!r}")
+    if bias is not None and not bias.is_floating_point():
+        raise TypeError(f"attention: bias must be a float tensor (additive, -inf = masked), got {bias.dtype}")
+    for name, t in (("mask", mask), ("bias", bias)):
+        if t is not None and t.dim() < 2:
+            raise ValueError(f"attention: {name} must broadcast to (..., Lq, Lk), got shape {tuple(t.shape)}")
+
+
+def _repeat_kv(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """GQA: (..., Hkv, L, D) -> (..., heads, L, D), query head h using kv head h // groups.
+    A view + reshape: transient in forward and backward, never saved."""
+    if t.dim() < 3 or t.shape[-3] in (heads, 1):
+        return t
+    groups = heads // t.shape[-3]
+    return t.unsqueeze(-3).expand(*t.shape[:-2], groups, *t.shape[-2:]).flatten(-4, -3)
+
+
+def _reduce_to(grad: torch.Tensor, t: torch.Tensor, heads: int) -> torch.Tensor:
+    """Sum a gradient of `_repeat_kv(t, heads)` (possibly broadcast further) back to t's shape."""
+    if t.dim() >= 3 and t.shape[-3] not in (heads, 1):
+        grad = grad.sum_to_size(*t.shape[:-3], heads, *t.shape[-2:])
+        grad = grad.unflatten(-3, (t.shape[-3], heads // t.shape[-3])).sum(-3)
+    return grad.sum_to_size(t.shape)
 
 
 def attention(
@@ -76,112 +120,175 @@ def attention(
     mask: torch.Tensor | None = None,
     causal: bool = False,
     dropout_p: float = 0.0,
-    policy: str | Policy = "paper",
+    policy: str | Policy = "exact",
     training: bool = True,
     scale: float | None = None,
+    bias: torch.Tensor | None = None,
     **params,
 ) -> torch.Tensor:
-    """softmax(q k^T * scale, masked) -> dropout -> @ v, keeping what `policy` says for backward.
+    """softmax(q k^T * scale + bias, masked) -> dropout -> @ v, keeping what `policy` says for backward.
 
-    q: (..., Lq, D), k: (..., Lk, D), v: (..., Lk, Dv); returns (..., Lq, Dv).
-    `params` are the policy's parameters (e.g. ``S=5`` for ``paper``, ``keep_ratio`` for
-    ``topk``, ``bits`` for ``quant``); invalid ones raise ValueError.
+    q: (..., Hq, Lq, D), k: (..., Hkv, Lk, D), v: (..., Hkv, Lk, Dv); returns (..., Hq, Lq, Dv).
+    Hq a multiple of Hkv (grouped-/multi-query attention); batch dims broadcast.
+    `mask`: bool, True = may attend; a float mask is an additive bias. `bias`: float, additive,
+    broadcastable to (..., Lq, Lk), -inf = masked; its gradient is returned when it requires grad.
+    `scale` defaults to 1/sqrt(D). Dropout only when `training`. `params` are the policy's
+    parameters (``S`` for ``paper``, ``keep_ratio`` for ``topk``, ``bits`` for ``quant``);
+    invalid ones raise ValueError.
     """
     pol = make_policy(policy, **params)
-    _check_inputs(q, k, v, dropout_p)
+    if mask is not None and mask.dtype != torch.bool:
+        if not mask.is_floating_point():
+            raise TypeError(f"attention: mask must be bool (True = may attend) or float (additive), got {mask.dtype}")
+        bias, mask = (mask if bias is None else bias + mask), None
+    _check_inputs(q, k, v, mask, bias, dropout_p)
     p = float(dropout_p) if training else 0.0
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    with attention_scope(q, k, v, mask):
+    with attention_scope(q, k, v, mask, bias):
         if pol.name == "eager":
-            return _eager(q, k, v, mask, causal, p, scale)
+            return _eager(q, k, v, mask, bias, causal, p, scale)
         if pol.name == "sdpa":
-            return _sdpa(q, k, v, mask, causal, p, scale)
-        return _FusedAttention.apply(q, k, v, mask, causal, p, scale, pol)
+            return _sdpa(q, k, v, mask, bias, causal, p, scale)
+        needs_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (q, k, v, bias)
+        )
+        if not needs_grad:  # nothing to keep: plain exact attention, no sort, no state
+            return _plain(q, k, v, mask, bias, causal, p, scale)
+        name, param = (pol.name, pol.param) if training else ("recompute", None)
+        seed = _dropout.draw_seed(q.device) if p > 0 else None
+        return _FusedAttention.apply(q, k, v, mask, bias, seed, causal, p, scale, name, param)
 
 
-def _eager(q, k, v, mask, causal, p, scale):
-    """The unfused composition users write today (and what PyTorch keeps for it)."""
-    scores = (q @ k.transpose(-2, -1)) * scale
+def _scores(q, k, bias, scale):
+    scores = (q @ _repeat_kv(k, q.shape[-3] if q.dim() >= 3 else 1).transpose(-2, -1)) * scale
+    return scores if bias is None else scores + bias.to(scores.dtype)
+
+
+def _plain(q, k, v, mask, bias, causal, p, scale):
+    """Exact attention for calls that need no gradient (eval, no_grad, inference mode)."""
+    heads = q.shape[-3] if q.dim() >= 3 else 1
+    scores = _scores(q, k, bias, scale)
     valid = valid_mask(mask, causal, q.shape[-2], k.shape[-2], q.device)
+    if valid is not None:
+        scores = scores.masked_fill(~valid, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=work_dtype(scores.dtype)).to(q.dtype)
+    if p > 0:
+        probs = F.dropout(probs, p=p, training=True)
+    out = probs @ _repeat_kv(v, heads)
+    if valid is not None or bias is not None:  # rows with no valid key: zero, not NaN
+        out = out.masked_fill(scores.amax(-1, keepdim=True) == float("-inf"), 0.0)
+    return out
+
+
+def _eager(q, k, v, mask, bias, causal, p, scale):
+    """The unfused composition users write today (and what PyTorch keeps for it)."""
+    heads = q.shape[-3] if q.dim() >= 3 else 1
+    scores = _scores(q, k, bias, scale)
+    valid = _valid_with_bias(valid_mask(mask, causal, q.shape[-2], k.shape[-2], q.device), bias)
     if valid is not None:
         scores = scores.masked_fill(~valid, torch.finfo(scores.dtype).min)
     probs = torch.softmax(scores, dim=-1)
     if p > 0:
         probs = F.dropout(probs, p=p, training=True)
-    out = probs @ v
+    out = probs @ _repeat_kv(v, heads)
     if valid is not None:  # rows with no valid key: zero output (and so zero gradients)
         out = out.masked_fill(~valid.any(-1, keepdim=True), 0.0)
     return out
 
 
-def _sdpa(q, k, v, mask, causal, p, scale):
+def _sdpa(q, k, v, mask, bias, causal, p, scale):
     """PyTorch's fused kernel; empty rows are opened up for the kernel, then zeroed."""
-    if mask is None:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal, scale=scale)
-    valid = valid_mask(mask, causal, q.shape[-2], k.shape[-2], q.device)
+    gqa = q.dim() >= 3 and k.shape[-3] != q.shape[-3] and k.shape[-3] != 1
+    if gqa:  # the kernel's own GQA needs equal k/v head counts; repeat otherwise
+        if v.shape[-3] != k.shape[-3]:
+            k, v, gqa = _repeat_kv(k, q.shape[-3]), _repeat_kv(v, q.shape[-3]), False
+    kw = {"enable_gqa": True} if gqa else {}
+    if mask is None and bias is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal, scale=scale, **kw)
+    valid = _valid_with_bias(valid_mask(mask, causal, q.shape[-2], k.shape[-2], q.device), bias)
     row_any = valid.any(-1, keepdim=True)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=valid | ~row_any, dropout_p=p, scale=scale)
+    if bias is None:
+        attn_mask = valid | ~row_any
+    else:
+        attn_mask = bias.to(q.dtype)
+        if mask is not None or causal:
+            attn_mask = attn_mask.masked_fill(~valid, float("-inf"))
+        attn_mask = attn_mask.masked_fill(~row_any, 0.0)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, scale=scale, **kw)
     return out.masked_fill(~row_any, 0.0)
 
 
+def _score_shape(q, k, mask, bias) -> torch.Size:
+    batch = [q.shape[:-2], k.shape[:-3] + (q.shape[-3],) if q.dim() >= 3 else k.shape[:-2]]
+    batch += [t.shape[:-2] for t in (mask, bias) if t is not None]
+    return torch.Size(torch.broadcast_shapes(*batch)) + (q.shape[-2], k.shape[-2])
+
+
 class _FusedAttention(torch.autograd.Function):
-    """Fused attention whose backward needs only q, k, v, the policy state and a seed."""
+    """Fused attention whose backward needs only q, k, v, mask, bias, the policy state and a
+    seed. Gets the policy as (name, parameter) so that torch.compile sees plain values."""
 
     @staticmethod
-    def forward(ctx, q, k, v, mask, causal, p, scale, policy):
+    def forward(ctx, q, k, v, mask, bias, seed, causal, p, scale, name, param):
         lq, lk = q.shape[-2], k.shape[-2]
+        heads = q.shape[-3] if q.dim() >= 3 else 1
+        shape = _score_shape(q, k, mask, bias)
         valid = valid_mask(mask, causal, lq, lk, q.device)
-        scores = (q @ k.transpose(-2, -1)).mul_(scale)
-        probs, lse = masked_softmax(scores, valid)
-        del scores
-        if policy.name == "recompute":
+        if name in ("paper", "topk"):  # they count valid entries: -inf bias entries are masked
+            valid = _valid_with_bias(valid, bias)
+        probs_w, lse = masked_softmax(_scores(q, k, bias, scale).expand(shape), valid)
+        probs = probs_w.to(q.dtype)
+        del probs_w
+        if name == "recompute":
             state = (lse,)
         else:
-            full_valid = None if valid is None else valid.expand(probs.shape)
-            state = tuple(policy.compress(probs, full_valid))
-        seed = None
+            state = tuple(POLICIES[name].compress_with(probs, None if valid is None else valid.expand(shape), param))
         if p > 0:
-            seed = _dropout.draw_seed(q.device)
             probs = _dropout.apply_dropout(probs, seed, p)
-        out = probs @ v
-        ctx.save_for_backward(q, k, v, *state, *(() if mask is None else (mask,)))
-        ctx.n_state, ctx.has_mask = len(state), mask is not None
-        ctx.causal, ctx.p, ctx.scale, ctx.policy, ctx.seed = causal, p, scale, policy, seed
+        out = probs @ _repeat_kv(v, heads)
+        ctx.save_for_backward(q, k, v, mask, bias, seed, *state)
+        ctx.causal, ctx.p, ctx.scale, ctx.name, ctx.param, ctx.shape = causal, p, scale, name, param, shape
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
-        q, k, v, *rest = ctx.saved_tensors
-        state, mask = tuple(rest[: ctx.n_state]), (rest[ctx.n_state] if ctx.has_mask else None)
-        lq, lk = q.shape[-2], k.shape[-2]
-        shape = q.shape[:-2] + (lq, lk)
-        valid = valid_mask(mask, ctx.causal, lq, lk, q.device)
-        if ctx.policy.name == "recompute":
-            scores = (q @ k.transpose(-2, -1)).mul_(ctx.scale)
+        q, k, v, mask, bias, seed, *state = ctx.saved_tensors
+        shape, heads = ctx.shape, (q.shape[-3] if q.dim() >= 3 else 1)
+        wd = work_dtype(q.dtype)
+        valid = valid_mask(mask, ctx.causal, q.shape[-2], k.shape[-2], q.device)
+        if ctx.name == "recompute":
+            scores = _scores(q, k, bias, ctx.scale).to(wd)
             if valid is not None:
-                scores = scores.masked_fill_(~valid.expand(shape), float("-inf"))
-            probs = scores.sub_(state[0].to(scores.dtype)).exp_()  # empty rows: exp(-inf - -inf)=nan
-            if valid is not None:
-                probs = probs.masked_fill_(~valid.expand(shape), 0.0)
+                scores = scores.masked_fill(~valid, float("-inf"))
+            probs = scores.expand(shape).sub(state[0]).exp_()        # empty rows: lse = +inf -> 0
+            del scores
         else:
-            full_valid = torch.ones((), dtype=torch.bool, device=q.device).expand(shape) if valid is None else valid.expand(shape)
-            probs = ctx.policy.restore(state, full_valid).to(q.dtype)
+            if ctx.name == "topk":
+                valid = _valid_with_bias(valid, bias)
+            full = torch.ones((), dtype=torch.bool, device=q.device) if valid is None else valid
+            probs = POLICIES[ctx.name].restore_with(tuple(state), full.expand(shape), ctx.param).to(wd)
         grad_out = grad_out.to(q.dtype)
+        v_rep = _repeat_kv(v, heads)
         if ctx.p > 0:  # the forward's mask, regenerated from its seed, scaled once: D / (1 - p)
-            keep = _dropout.keep_mask(ctx.seed, shape, ctx.p, q.device).to(q.dtype).mul_(1.0 / (1.0 - ctx.p))
+            keep = _dropout.keep_mask(seed, shape, ctx.p, q.device).to(wd).mul_(1.0 / (1.0 - ctx.p))
         grad_v = None
         if ctx.needs_input_grad[2]:
-            dropped = probs * keep if ctx.p > 0 else probs
-            grad_v = dropped.transpose(-2, -1) @ grad_out
+            dropped = (probs * keep if ctx.p > 0 else probs).to(q.dtype)
+            grad_v = _reduce_to(dropped.transpose(-2, -1) @ grad_out, v, heads)
             del dropped
-        grad_probs = grad_out @ v.transpose(-2, -1)
+        grad_probs = (grad_out @ v_rep.transpose(-2, -1)).sum_to_size(shape).to(wd)
         if ctx.p > 0:
             grad_probs.mul_(keep)
             del keep
         # softmax Jacobian at the rebuilt row: p * (g - sum(g * p))
         row_dot = (grad_probs * probs).sum(-1, keepdim=True)
-        grad_scores = grad_probs.sub_(row_dot).mul_(probs).mul_(ctx.scale)
+        grad_scores = grad_probs.sub_(row_dot).mul_(probs)
         del probs
-        grad_q = grad_scores @ k if ctx.needs_input_grad[0] else None
-        grad_k = grad_scores.transpose(-2, -1) @ q if ctx.needs_input_grad[1] else None
-        return grad_q, grad_k, grad_v, None, None, None, None, None
+        grad_bias = None
+        if bias is not None and ctx.needs_input_grad[4]:
+            grad_bias = grad_scores.sum_to_size(bias.shape).to(bias.dtype)
+        grad_scores = grad_scores.mul_(ctx.scale).to(q.dtype)
+        grad_q = (grad_scores @ _repeat_kv(k, heads)).sum_to_size(q.shape) if ctx.needs_input_grad[0] else None
+        grad_k = _reduce_to(grad_scores.transpose(-2, -1) @ q, k, heads) if ctx.needs_input_grad[1] else None
+        return grad_q, grad_k, grad_v, None, grad_bias, None, None, None, None, None, None

@@ -25,6 +25,8 @@ from typing import ClassVar
 
 import torch
 
+from . import ranks as _ranks
+
 StateT = tuple[torch.Tensor, ...]
 
 _INT_VIEW = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16, torch.bfloat16: torch.int16}
@@ -39,6 +41,12 @@ def index_dtype(n: int) -> torch.dtype:
     if n <= 2**31:
         return torch.int32
     return torch.int64
+
+
+def work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype rates, masses and rebuilds are computed in: float64 for float64 inputs,
+    float32 otherwise (half-precision inputs would lose the small masses)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def count_valid(valid: torch.Tensor | None, probs: torch.Tensor) -> torch.Tensor:
@@ -67,11 +75,26 @@ class Policy:
     def params(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
-    def compress(self, probs: torch.Tensor, valid: torch.Tensor | None) -> StateT:
+    @property
+    def param(self) -> int | float | None:
+        """The policy's one parameter value (None when it has none): what the fused autograd
+        function gets instead of the policy object, so that torch.compile sees plain values."""
+        fields = dataclasses.fields(self)
+        return getattr(self, fields[0].name) if fields else None
+
+    @staticmethod
+    def compress_with(probs: torch.Tensor, valid: torch.Tensor | None, param) -> StateT:
         raise NotImplementedError
 
-    def restore(self, state: StateT, valid: torch.Tensor | None) -> torch.Tensor:
+    @staticmethod
+    def restore_with(state: StateT, valid: torch.Tensor, param) -> torch.Tensor:
         raise NotImplementedError
+
+    def compress(self, probs: torch.Tensor, valid: torch.Tensor | None) -> StateT:
+        return self.compress_with(probs, valid, self.param)
+
+    def restore(self, state: StateT, valid: torch.Tensor) -> torch.Tensor:
+        return self.restore_with(state, valid, self.param)
 
     def __str__(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in self.params.items())
@@ -98,10 +121,12 @@ class Exact(Policy):
     name: ClassVar[str] = "exact"
     exact: ClassVar[bool] = True
 
-    def compress(self, probs, valid):
+    @staticmethod
+    def compress_with(probs, valid, param):
         return (probs,)
 
-    def restore(self, state, valid):
+    @staticmethod
+    def restore_with(state, valid, param):
         return state[0]
 
 
@@ -123,6 +148,11 @@ class Sdpa(Policy):
     exact: ClassVar[bool] = True
 
 
+#: Largest decay rate kept: exp(-r) underflows long before, and a finite bound keeps
+#: exp(-r * 0) = 1 (an infinite rate would make it NaN when the top value rounds to 1).
+MAX_RATE = 1e4
+
+
 @dataclass
 class Paper(Policy):
     """Lee & Lee (NeurIPS 2023): ranks (as the sort permutation) + S largest + S smallest values + one decay rate per row.
@@ -130,7 +160,10 @@ class Paper(Policy):
     Rows with at most 2S valid entries are kept exactly. The middle of the sorted row is
     refilled with u_j = h exp(-r j) and rescaled to the row's missing mass; we use
     N = L - 2S + 1 for every row (the reference code uses N = n for unmasked rows, which only
-    changes the decay's shape before the rescale).
+    changes the decay's shape before the rescale). The sort permutation is kept in
+    ceil(log2 n) bits (:mod:`softmax_approx.core.ranks`: one byte up to n = 256, packed bit
+    planes above). The rate is float32 (float64 for float64 inputs) and is computed in that
+    dtype; a row whose top value rounds to 1 gets a finite rate and an empty middle.
     """
 
     S: int = 5
@@ -140,8 +173,10 @@ class Paper(Policy):
         if isinstance(self.S, bool) or not isinstance(self.S, int) or self.S < 1:
             raise ValueError(f"policy 'paper': parameter S must be an integer >= 1, got {self.S!r}")
 
-    def compress(self, probs, valid):
-        n, k = probs.shape[-1], min(self.S, probs.shape[-1])
+    @staticmethod
+    def compress_with(probs, valid, param):
+        n, k = probs.shape[-1], min(param, probs.shape[-1])
+        wd = work_dtype(probs.dtype)
         L = count_valid(valid, probs)                                        # (..., 1)
         # Non-negative floats order like their bit patterns read as integers, and integer
         # sorts are faster; invalid entries get -1 so they sort after every valid one.
@@ -152,42 +187,64 @@ class Paper(Policy):
         top = probs.gather(-1, order[..., :k])                               # s_1..s_S
         bottom_pos = (L - k + torch.arange(k, device=probs.device)).clamp(0, n - 1)
         bottom = probs.gather(-1, order.gather(-1, bottom_pos))              # s_{L-S+1}..s_L
-        h, low = top[..., k - 1 :], bottom[..., :1]
-        e = probs.gather(-1, order[..., min(k, n - 1) : min(k, n - 1) + 1])   # s_{S+1}
-        N = (L - 2 * k + 1).clamp(min=1).to(probs.dtype)
-        tiny = torch.finfo(probs.dtype).tiny
+        h, low = top[..., k - 1 :].to(wd), bottom[..., :1].to(wd)
+        e = probs.gather(-1, order[..., min(k, n - 1) : min(k, n - 1) + 1]).to(wd)  # s_{S+1}
+        N = (L - 2 * k + 1).clamp(min=1).to(wd)
+        tiny = torch.finfo(wd).tiny
         rate = (torch.log(h.clamp(min=tiny) / low.clamp(min=tiny)) + 2 * (h - e)) / (
             N * (1 - h).clamp(min=tiny)
         )
+        rate = torch.nan_to_num(rate, nan=0.0, posinf=MAX_RATE).clamp(0.0, MAX_RATE)
         # The sort permutation is the ranks' inverse: same information, same bytes, and
         # restoring with it is one scatter instead of an extra scatter in forward.
-        return order.to(index_dtype(n)), top, bottom, rate.clamp(min=0.0).float(), L.to(index_dtype(n + 1))
+        ranks = (order.to(torch.uint8),) if n <= 256 else (
+            _ranks.pack(order) if n <= _ranks.MAX_PACKED_N else (order.to(index_dtype(n)), None)
+        )
+        return (*ranks, top, bottom, rate, L.to(index_dtype(n + 1)))
 
-    def restore(self, state, valid):
-        order, top, bottom, rate, L = state
+    @staticmethod
+    def sort_order(state: StateT) -> torch.Tensor:
+        """The int64 sort permutation (sorted position -> index) held by a `paper` state."""
+        ranks = state[:-4]
+        return ranks[0].long() if len(ranks) == 1 or ranks[1] is None else _ranks.unpack(*ranks)
+
+    @staticmethod
+    def restore_with(state, valid, param):
+        top, bottom, rate, L = state[-4:]
+        order = Paper.sort_order(state)
         n, k = order.shape[-1], top.shape[-1]
+        wd = rate.dtype
         L = L.long()
         pos = torch.arange(n, device=top.device)                             # sorted position
         # middle j = 1..M (M = L - 2S): h exp(-r j) rescaled to the missing mass, i.e.
         # mass * exp(-r (j - 1)) / G with G = sum_{j=1..M} exp(-r (j - 1)) = expm1(-r M) / expm1(-r)
-        missing = (1.0 - top.float().sum(-1, keepdim=True) - bottom.float().sum(-1, keepdim=True)).clamp(min=0.0)
-        M = (L - 2 * k).clamp(min=0).float()
+        missing = (1.0 - top.to(wd).sum(-1, keepdim=True) - bottom.to(wd).sum(-1, keepdim=True)).clamp(min=0.0)
+        M = (L - 2 * k).clamp(min=0).to(wd)
         tiny_rate = rate < 1e-6
         safe_rate = torch.where(tiny_rate, torch.ones_like(rate), rate)
         G = torch.where(tiny_rate, M, torch.expm1(-safe_rate * M) / torch.expm1(-safe_rate))
-        sorted_hat = torch.exp(-rate * (pos - k).float()).mul_(missing / G.clamp(min=1.0))
+        sorted_hat = torch.exp(-rate * (pos - k).clamp(min=0).to(wd)).mul_(missing / G.clamp(min=1.0))
         sorted_hat.masked_fill_((pos < k) | (pos >= L - k), 0.0)             # not the middle
         sorted_hat = sorted_hat.to(top.dtype)
         sorted_hat[..., :k] = top                                            # invalid tops are 0
         bottom_pos = (L - k + torch.arange(k, device=top.device)).clamp(0, n - 1)
         sorted_hat.scatter_(-1, bottom_pos, bottom)
-        return torch.empty_like(sorted_hat).scatter_(-1, order.long(), sorted_hat)
+        return torch.empty_like(sorted_hat).scatter_(-1, order, sorted_hat)
+
+
+def kept_count(L, keep_ratio: float):
+    """`topk`'s one rounding rule: ceil(keep_ratio * L) (L an int or an int tensor), with a
+    1e-9 slack so that e.g. 0.07 * 100 keeps 7, not 8."""
+    if isinstance(L, torch.Tensor):
+        return torch.ceil(L.double() * keep_ratio - 1e-9).long().clamp(min=0)
+    return max(0, math.ceil(L * keep_ratio - 1e-9))
 
 
 @dataclass
 class TopK(Policy):
     """Keep the k = ceil(keep_ratio * L) largest probabilities and their indices; refill the
-    evicted valid entries uniformly with the row's missing mass. O(k) memory per row."""
+    evicted valid entries uniformly with the row's missing mass. O(k) memory per row (k from
+    the row length n, so the state's shape does not depend on the data)."""
 
     keep_ratio: float = 0.125
     name: ClassVar[str] = "topk"
@@ -198,26 +255,29 @@ class TopK(Policy):
             raise ValueError(f"policy 'topk': parameter keep_ratio must be in (0, 1], got {r!r}")
         self.keep_ratio = float(r)
 
-    def compress(self, probs, valid):
+    @staticmethod
+    def compress_with(probs, valid, param):
         n = probs.shape[-1]
         L = count_valid(valid, probs)
-        k_row = torch.ceil(L.double() * self.keep_ratio).long().clamp(max=n)          # (..., 1)
-        k_max = max(1, min(n, math.ceil(self.keep_ratio * int(L.max()) - 1e-9))) if L.numel() else 1
+        k_row = kept_count(L, param).clamp(max=n)                                 # (..., 1)
+        k_max = min(n, max(1, kept_count(n, param)))
         # rows that keep fewer than k_max (masked rows) need the sorted order; full rows do not
         values, indices = probs.topk(k_max, dim=-1, sorted=valid is not None)
         keep = torch.arange(k_max, device=probs.device) < k_row
         values = values * keep                                                # drop beyond own k
         return values.contiguous(), indices.to(index_dtype(n)), L.to(index_dtype(n + 1))
 
-    def restore(self, state, valid):
+    @staticmethod
+    def restore_with(state, valid, param):
         values, indices, L = state
         n = valid.shape[-1]
+        wd = work_dtype(values.dtype)
         L = L.long()
-        k_row = torch.ceil(L.double() * self.keep_ratio).long()
+        k_row = kept_count(L, param).clamp(max=n)
         kept = torch.arange(values.shape[-1], device=values.device) < k_row
-        missing = (1.0 - values.float().sum(-1, keepdim=True)).clamp(min=0.0)
+        missing = (1.0 - values.to(wd).sum(-1, keepdim=True)).clamp(min=0.0)
         fill = (missing / (L - k_row).clamp(min=1)).to(values.dtype)           # uniform refill
-        out = fill.expand(*values.shape[:-1], n).masked_fill(~valid, 0.0)
+        out = fill.expand(*valid.shape[:-1], n).masked_fill(~valid, 0.0)
         idx = indices.long()
         return out.scatter(-1, idx, torch.where(kept, values, out.gather(-1, idx)))
 
@@ -225,38 +285,44 @@ class TopK(Policy):
 @dataclass
 class Quant(Policy):
     """Per-row `bits`-bit linear quantization of the probabilities (activation-compression
-    peers' approach): codes packed 8/bits per byte plus one fp32 scale (the row max) per row."""
+    peers' approach): codes packed 8/bits per byte plus one scale (the row max; float32,
+    float64 for float64 inputs) per row."""
 
     bits: int = 8
     name: ClassVar[str] = "quant"
 
     def validate(self):
-        if isinstance(self.bits, bool) or self.bits not in (2, 4, 8):
-            raise ValueError(f"policy 'quant': parameter bits must be one of 2, 4, 8, got {self.bits!r}")
+        if type(self.bits) is not int or self.bits not in (2, 4, 8):
+            raise ValueError(f"policy 'quant': parameter bits must be one of 2, 4, 8 (an int), got {self.bits!r}")
 
-    def compress(self, probs, valid):
-        levels = 2**self.bits - 1
+    @staticmethod
+    def compress_with(probs, valid, param):
+        bits = param
+        levels = 2**bits - 1
         n = probs.shape[-1]
-        scale = probs.amax(-1, keepdim=True).float()
-        codes = torch.round(probs.float() / scale.clamp(min=1e-30) * levels).to(torch.uint8)
-        per_byte = 8 // self.bits
+        wd = work_dtype(probs.dtype)
+        scale = probs.amax(-1, keepdim=True).to(wd)
+        codes = torch.round(probs.to(wd) / scale.clamp(min=1e-30) * levels).to(torch.uint8)
+        per_byte = 8 // bits
         pad = (-n) % per_byte
         if pad:
             codes = torch.nn.functional.pad(codes, (0, pad))
         codes = codes.view(*codes.shape[:-1], -1, per_byte)
         packed = torch.zeros(codes.shape[:-1], dtype=torch.uint8, device=probs.device)
         for i in range(per_byte):
-            packed |= codes[..., i] << (i * self.bits)
+            packed |= codes[..., i] << (i * bits)
         return packed, scale
 
-    def restore(self, state, valid):
+    @staticmethod
+    def restore_with(state, valid, param):
+        bits = param
         packed, scale = state
         n = valid.shape[-1]
-        levels = 2**self.bits - 1
-        per_byte = 8 // self.bits
-        parts = [(packed >> (i * self.bits)) & levels for i in range(per_byte)]
-        codes = torch.stack(parts, dim=-1).flatten(-2)[..., : int(n)]
-        return (codes.float() * (scale / levels)).to(scale.dtype)
+        levels = 2**bits - 1
+        per_byte = 8 // bits
+        parts = [(packed >> (i * bits)) & levels for i in range(per_byte)]
+        codes = torch.stack(parts, dim=-1).flatten(-2)[..., :n]
+        return codes.to(scale.dtype) * (scale / levels)
 
 
 POLICIES: dict[str, type[Policy]] = {

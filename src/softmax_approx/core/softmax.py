@@ -3,14 +3,19 @@
 Used the way the authors' example uses theirs: in place of ``torch.softmax`` inside a model.
 Only the softmax's own saved tensor shrinks; ops after it (dropout, the product with V) still
 keep what they keep. For real savings in attention use :func:`softmax_approx.core.attention`.
+
+One behaviour for every policy: entries masked out (``mask`` False) or equal to -inf are
+masked (probability 0, gradient 0, and not counted as the row's entries by ``paper``/``topk``);
+a row with no valid entry gives zeros and a zero gradient.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .functional import masked_softmax
-from .policies import Policy, make_policy
+from .policies import POLICIES, Policy, make_policy, work_dtype
 
 
 def approx_softmax(
@@ -20,8 +25,8 @@ def approx_softmax(
     policy: str | Policy = "paper",
     **params,
 ) -> torch.Tensor:
-    """Exact softmax of `x` along `dim` (masked entries 0, empty rows 0); backward uses the
-    probabilities rebuilt by `policy` (``eager``, ``exact``, ``paper``, ``topk``, ``quant``)."""
+    """Exact softmax of `x` along `dim` (masked and -inf entries 0, empty rows 0); backward uses
+    the probabilities rebuilt by `policy` (``eager``, ``exact``, ``paper``, ``topk``, ``quant``)."""
     pol = make_policy(policy, **params)
     if mask is not None and mask.dtype != torch.bool:
         raise TypeError(f"approx_softmax: mask must be a bool tensor (True = valid), got {mask.dtype}")
@@ -29,33 +34,33 @@ def approx_softmax(
         raise ValueError(
             f"approx_softmax: policy {pol.name!r} needs q and k; use softmax_approx.core.attention instead"
         )
+    finite = x != float("-inf")
+    valid = finite if mask is None else torch.broadcast_to(mask, x.shape) & finite
     if pol.name == "eager":
-        if mask is None:
-            return torch.softmax(x, dim=dim)
-        probs = torch.softmax(x.masked_fill(~mask, torch.finfo(x.dtype).min), dim=dim)
-        return probs.masked_fill(~mask.any(dim, keepdim=True), 0.0)
-    if mask is not None:
-        mask = torch.broadcast_to(mask, x.shape)
-    xt = x.movedim(dim, -1)
-    mt = None if mask is None else mask.movedim(dim, -1)
-    return _ApproxSoftmax.apply(xt, mt, pol).movedim(-1, dim)
+        probs = torch.softmax(x.masked_fill(~valid, torch.finfo(x.dtype).min), dim=dim)
+        return probs.masked_fill(~valid.any(dim, keepdim=True), 0.0)
+    xt, vt = x.movedim(dim, -1), valid.movedim(dim, -1)
+    if not (torch.is_grad_enabled() and x.requires_grad):  # nothing to keep
+        return masked_softmax(xt, vt)[0].to(x.dtype).movedim(-1, dim)
+    return _ApproxSoftmax.apply(xt, vt, pol.name, pol.param).movedim(-1, dim)
 
 
 class _ApproxSoftmax(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, mask, policy):
-        probs, _ = masked_softmax(x, mask)
-        state = tuple(policy.compress(probs, mask))
-        ctx.save_for_backward(*state, *(() if mask is None else (mask,)))
-        ctx.policy, ctx.n_state, ctx.shape = policy, len(state), x.shape
+    def forward(ctx, x, valid, name, param):
+        probs = masked_softmax(x, valid)[0].to(x.dtype)
+        state = tuple(POLICIES[name].compress_with(probs, valid, param))
+        ctx.save_for_backward(valid if name == "topk" else None, *state)  # only topk's restore reads it
+        ctx.name, ctx.param = name, param
         return probs
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
-        saved = ctx.saved_tensors
-        state = saved[: ctx.n_state]
-        valid = saved[ctx.n_state] if len(saved) > ctx.n_state else None
+        valid, *state = ctx.saved_tensors
         if valid is None:
-            valid = torch.ones((), dtype=torch.bool, device=grad.device).expand(ctx.shape)
-        p_hat = ctx.policy.restore(state, valid).to(grad.dtype)
-        return p_hat * (grad - (grad * p_hat).sum(-1, keepdim=True)), None, None
+            valid = torch.ones((), dtype=torch.bool, device=grad.device).expand(grad.shape)
+        wd = work_dtype(grad.dtype)
+        p_hat = POLICIES[ctx.name].restore_with(tuple(state), valid, ctx.param).to(wd)
+        g = grad.to(wd)
+        return (p_hat * (g - (g * p_hat).sum(-1, keepdim=True))).to(grad.dtype), None, None, None
