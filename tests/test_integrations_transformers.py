@@ -10,7 +10,6 @@ policies: the forward is still exact, gradients are finite and point the same wa
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 
 import pytest
@@ -21,18 +20,10 @@ pytest.importorskip("transformers")
 import transformers  # noqa: E402
 from transformers import AutoModel  # noqa: E402
 
-from softmax_approx.core import ActivationMeter, attention  # noqa: E402
+from softmax_approx.core import ActivationMeter  # noqa: E402
 from softmax_approx.integrations import transformers as sa_hf  # noqa: E402
 
 B, L, VOCAB = 2, 10, 99
-# T5's position bias and GQA need core.attention(bias=..., fewer K/V heads) (issue 10, section 1).
-CORE_BIAS_GQA = "bias" in inspect.signature(attention).parameters
-NEEDS_CORE = {"t5", "llama_gqa"}
-
-
-def _needs_core(name: str) -> None:
-    if name in NEEDS_CORE and not CORE_BIAS_GQA:
-        pytest.skip("needs core.attention(bias=..., GQA)")
 DIMS = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
@@ -156,7 +147,6 @@ def _cosine(a: dict, b: dict) -> float:
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_exact_equals_eager(name):
-    _needs_core(name)
     cfg, inputs, keep, n_layers = CASES[name]()
     ref = _build(cfg)
     ours = copy.deepcopy(ref)
@@ -176,7 +166,6 @@ def test_exact_equals_eager(name):
 @pytest.mark.parametrize("name", list(CASES))
 @pytest.mark.parametrize("policy,params", APPROX, ids=[p for p, _ in APPROX])
 def test_approximate_policies(name, policy, params):
-    _needs_core(name)
     cfg, inputs, keep, _ = CASES[name]()
     ref = _build(cfg)
     ours = copy.deepcopy(ref)
@@ -313,7 +302,6 @@ def test_bench_hf_usage_errors(capsys):
 @pytest.mark.parametrize("name", ["gpt2_left", "llama_gqa"])
 def test_generation_with_cache_matches_eager(name):
     """Decoding with a key/value cache (one query against the cached keys) picks the same tokens."""
-    _needs_core(name)
     cfg, inputs, _, _ = CASES[name]()
     lm_cls = transformers.GPT2LMHeadModel if name.startswith("gpt2") else transformers.LlamaForCausalLM
     torch.manual_seed(0)

@@ -7,19 +7,16 @@ Every equivalence test compares the patched module with an unpatched deep copy o
 from __future__ import annotations
 
 import copy
-import inspect
 import io
 
 import pytest
 import torch
 from torch import nn
 
-from softmax_approx.core import ActivationMeter, attention
+from softmax_approx.core import ActivationMeter
 from softmax_approx.nn import PolicyMultiheadAttention, patch, unpatch
 
 E, H, L, S, N = 16, 4, 6, 7, 3
-# Additive float masks need core.attention(bias=...) (issue 10, section 1).
-CORE_BIAS = "bias" in inspect.signature(attention).parameters
 
 
 def _grads(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -70,8 +67,6 @@ def _padding(src_len: int) -> torch.Tensor:
 @pytest.mark.parametrize("batch_first", [True, False])
 @pytest.mark.parametrize("case", ["plain", "key_padding", "bool_mask", "float_mask", "float_padding", "per_head_mask", "all"])
 def test_forward_and_gradients_equal_pytorch(batch_first, case):
-    if case in ("float_mask", "per_head_mask") and not CORE_BIAS:
-        pytest.skip("additive float masks need core.attention(bias=...)")
     torch.manual_seed(0)
     ref = nn.MultiheadAttention(E, H, batch_first=batch_first)
     args = _inputs(batch_first)

@@ -143,10 +143,9 @@ def _make_forward(implementation: str):
         if mask is not None and mask.dtype != torch.bool:  # a float 4-D mask: additive
             bias = mask if bias is None else bias + mask
             mask = None
-        extra = {} if bias is None else {"bias": bias}  # most models have none
         out = attention(
             query, key, value, mask=mask, causal=causal, dropout_p=dropout, policy=policy,
-            training=module.training, scale=scaling, **extra,
+            training=module.training, scale=scaling, bias=bias,
         )
         return out.transpose(1, 2).contiguous(), None
 

@@ -124,10 +124,9 @@ class PolicyMultiheadAttention(nn.MultiheadAttention):
             else:
                 m = m.to(q.dtype)
                 bias = m if bias is None else bias + m
-        extra = {} if bias is None else {"bias": bias}  # float masks only
         out = attention(
             q, k, v, mask=mask, causal=causal, dropout_p=self.dropout, policy=self.policy,
-            training=self.training, **extra,
+            training=self.training, bias=bias,
         )                                                                   # (N, H, L, Dh)
         out = out.permute(2, 0, 1, 3).reshape(tgt_len, bsz, self.embed_dim)
         return F.linear(out, self.out_proj.weight, self.out_proj.bias)
