@@ -320,7 +320,8 @@ def plot_fidelity(exp: Experiment, cells: dict[tuple[str, Setting], Cell],
         ax.grid(alpha=0.3)
         if not ax.has_data():
             ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
-    axs[0][0].set_ylabel("gradient error 1 − cosine vs exact\n(log; lower = closer)", fontsize=8)
+    axs[0][0].set_ylabel(f"gradient error 1 − cosine vs exact\n(log; lower = closer; "
+                         f"≤ {ERR_FLOOR:.0e} drawn at {ERR_FLOOR:.0e})", fontsize=8)
     handles, labels = [], []
     for ax in axs[0]:
         for h, lab in zip(*ax.get_legend_handles_labels()):

@@ -84,15 +84,20 @@ class Paired:
         """`+0.52 [-0.31, +1.35] (n=3)`; `+0.52 (n=1, no interval)`; `n/a` without pairs."""
         if self.n == 0:
             return "n/a"
-        m = f"{self.mean:+.{digits}f}"
+        m = signed(self.mean, digits)
         if self.n == 1:
             return f"{m} (n=1, no interval)"
-        return f"{m} [{self.low:+.{digits}f}, {self.high:+.{digits}f}] (n={self.n})"
+        return f"{m} [{signed(self.low, digits)}, {signed(self.high, digits)}] (n={self.n})"
 
     def as_row(self, prefix: str = "paired") -> dict[str, Any]:
         return {f"{prefix}_n": self.n, f"{prefix}_mean": self.mean,
                 f"{prefix}_ci95_low": self.low, f"{prefix}_ci95_high": self.high,
                 f"{prefix}_seeds": list(self.seeds), f"{prefix}_diffs": list(self.diffs)}
+
+
+def signed(x: float, digits: int = 2) -> str:
+    """`+0.52`; a value that rounds to zero prints `+0.00`, never `-0.00`."""
+    return f"{round(x, digits) + 0.0:+.{digits}f}"
 
 
 def paired(cell: Cell, base: Cell | None, value: Callable[[Record], Any],

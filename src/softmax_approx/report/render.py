@@ -110,9 +110,8 @@ def render_report(out: Path | str, runs_dir: Path | str | None = None,
                                                      "cosine", "rel_err")] for r in layers],
                               ["One row per task, setting, seed and attention layer."], layers))
             if write:
-                fig = figures.plot_fidelity(exp, cells, fdir / exp.name)
+                figures.plot_fidelity(exp, cells, fdir / exp.name)
                 rep.files += [fdir / f"{exp.name}.png", fdir / f"{exp.name}.pdf"]
-                del fig
         elif exp.kind == "tradeoff":
             qexp = by_name.get(str(exp.raw.get("uses_metrics_of", "")), exp)
             points = tables.tradeoff_points(exp, cells, kinds, qexp)

@@ -17,7 +17,7 @@ from typing import Any
 
 from softmax_approx.report.definitions import Experiment, Setting
 from softmax_approx.report.io import write_text
-from softmax_approx.report.paired import Paired, paired, unpaired_note
+from softmax_approx.report.paired import Paired, paired, signed, unpaired_note
 from softmax_approx.report.results import Cell, Record, Stats, stats
 
 MEMORY_KEYS = ("attention_bytes", "softmax_state_bytes", "total_activation_bytes")
@@ -403,12 +403,12 @@ def paired_table(exp: Experiment, cells: dict[tuple[str, Setting], Cell],
         if pair.n == 0:
             rows.append([task, setting.label, label, status, status, status, "0"])
         else:
-            per_seed = ", ".join(f"s{s}: {d:+.2f}" for s, d in zip(pair.seeds, pair.diffs))
+            per_seed = ", ".join(f"s{s}: {signed(d)}" for s, d in zip(pair.seeds, pair.diffs))
             note = unpaired_note(cell, base, pair)
             ci = ("no interval (n=1)" if pair.n == 1
-                  else f"[{pair.low:+.2f}, {pair.high:+.2f}]")
+                  else f"[{signed(pair.low)}, {signed(pair.high)}]")
             rows.append([task, setting.label, label, per_seed + (f" ({note})" if note else ""),
-                         f"{pair.mean:+.2f}", ci, str(pair.n)])
+                         signed(pair.mean), ci, str(pair.n)])
         csv_rows.append(_base_row(exp, cell) | {"metric": info["metric"]["key"],
                                                 "scale": info["scale"]} | pair.as_row())
     notes = [PAIRED_DEFINITION.format(base=base_name),
@@ -499,10 +499,10 @@ def tradeoff_table(exp: Experiment, points: list[dict[str, Any]]) -> Table:
         if math.isnan(d):
             q = "not measured"
         elif p["n_paired"] >= 2:
-            q = (f"{d:+.2f} [{p['quality_ci95_low']:+.2f}, {p['quality_ci95_high']:+.2f}] "
+            q = (f"{signed(d)} [{signed(p['quality_ci95_low'])}, {signed(p['quality_ci95_high'])}] "
                  f"(n={p['n_paired']}, {p['metric']})")
         else:
-            q = f"{d:+.2f} (n={p['n_paired'] or 'unpaired'}, no interval, {p['metric']})"
+            q = f"{signed(d)} (n={p['n_paired'] or 'unpaired'}, no interval, {p['metric']})"
         rows.append([p["task"], p["setting"],
                      "not measured" if math.isnan(red) else f"{red:.1f}%", q])
     notes = [exp.description, MEMORY_DEFINITION, PAIRED_DEFINITION.format(base="eager")]
