@@ -64,6 +64,8 @@ class Policy:
     compresses: ClassVar[bool] = True
     #: True when the backward rebuilds the probabilities exactly.
     exact: ClassVar[bool] = False
+    #: The parameters' names, filled in once below (torch.compile cannot trace dataclasses.fields).
+    field_names: ClassVar[tuple[str, ...]] = ()
 
     def validate(self) -> None:  # pragma: no cover - trivial default
         """Raise ValueError naming the parameter and the allowed values."""
@@ -73,14 +75,13 @@ class Policy:
 
     @property
     def params(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {name: getattr(self, name) for name in self.field_names}
 
     @property
     def param(self) -> int | float | None:
         """The policy's one parameter value (None when it has none): what the fused autograd
         function gets instead of the policy object, so that torch.compile sees plain values."""
-        fields = dataclasses.fields(self)
-        return getattr(self, fields[0].name) if fields else None
+        return getattr(self, self.field_names[0]) if self.field_names else None
 
     @staticmethod
     def compress_with(probs: torch.Tensor, valid: torch.Tensor | None, param) -> StateT:
@@ -329,6 +330,8 @@ POLICIES: dict[str, type[Policy]] = {
     cls.name: cls for cls in (Eager, Exact, Paper, TopK, Quant, Recompute, Sdpa)
 }
 POLICY_NAMES: tuple[str, ...] = tuple(POLICIES)
+for _cls in POLICIES.values():
+    _cls.field_names = tuple(f.name for f in dataclasses.fields(_cls))
 
 
 def make_policy(policy: str | Policy, **params) -> Policy:
@@ -343,7 +346,7 @@ def make_policy(policy: str | Policy, **params) -> Policy:
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICY_NAMES)}")
     cls = POLICIES[policy]
-    allowed = {f.name for f in dataclasses.fields(cls)}
+    allowed = set(cls.field_names)
     unknown = set(params) - allowed
     if unknown:
         allowed_txt = ", ".join(sorted(allowed)) or "none"
