@@ -285,10 +285,10 @@ def test_decode_benchmark_reads_a_checkpoint(tmp_path):
                      d_ff=64, n_layers=2, dropout=0.0, policy="eager", policy_params=None)
     (tmp_path / "results.json").write_text(json.dumps({"config": {"model": model_cfg, "task": {"name": "iwslt14_mini"}}}))
     out = tmp_path / "d.json"
-    assert main(["decode", "--ckpt", str(tmp_path / "checkpoints" / "best.ckpt"), "--beam", "2",
+    assert main(["decode", "--ckpt", str(tmp_path / "checkpoints" / "best.ckpt"), "--beam", "2", "--decoder", "cached",
                  "--sentences", "4", "--json", str(out)]) == 0
     recs = json.loads(out.read_text())
-    assert [r["preset"] for r in recs] == ["checkpoint", "checkpoint"] and recs[0]["lengths"] == "iwslt14"
+    assert [(r["preset"], r["cached"]) for r in recs] == [("checkpoint", True)] and recs[0]["lengths"] == "iwslt14"
 
 
 def test_decode_benchmark_usage_errors_exit_2():
