@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from softmax_approx.core import ActivationMeter, attention, index_dtype
+from softmax_approx.core.ranks import high_width
 from softmax_approx.nn import MultiHeadAttention
 
 
@@ -52,8 +53,8 @@ def test_fused_policies_keep_exactly_their_state(n):
     expected = {
         "exact": rows * n * 4,
         "recompute": rows * 4,                                          # one fp32 lse per row
-        # ranks: one byte per entry, plus ceil(log2 n) - 8 packed bit planes above n = 256
-        "paper": rows * (n + max(0, math.ceil(math.log2(n)) - 8) * math.ceil(n / 8) + 2 * S * 4 + 4
+        # ranks: one byte per entry, plus the high bits packed at 1, 2, 4 or 8 bits above n = 256
+        "paper": rows * (n + (0 if n <= 256 else math.ceil(n * high_width(n) / 8)) + 2 * S * 4 + 4
                          + index_dtype(n + 1).itemsize),
         "quant": rows * (n + 4),                                        # 8-bit codes + fp32 scale
     }

@@ -162,3 +162,18 @@ def test_topk_without_mask_keeps_the_largest_and_sums_to_one():
     top = probs.topk(16, dim=-1).indices
     torch.testing.assert_close(rebuilt.gather(-1, top), probs.gather(-1, top))
     torch.testing.assert_close(rebuilt.sum(-1), torch.ones(16), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("n", [257, 512, 1024, 2048])
+def test_packed_ranks_rebuild_bit_identically_to_unpacked_ranks(n):
+    probs, valid = random_rows(n, 12, "padding", seed=n)
+    policy = make_policy("paper", S=5)
+    state = policy.compress(probs, valid)
+    low, high = state[:2]
+    width = {257: 1, 512: 1, 1024: 2, 2048: 4}[n]
+    assert low.dtype == high.dtype == torch.uint8
+    assert low.shape[-1] == n and high.shape[-1] == math.ceil(n * width / 8)   # ~ceil(log2 n) bits
+    order = Paper.sort_order(state)
+    unpacked = (order.to(torch.int16), None, *state[2:])
+    packed_rebuild = policy.restore(state, valid)
+    torch.testing.assert_close(packed_rebuild, policy.restore(unpacked, valid), atol=0, rtol=0)
