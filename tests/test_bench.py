@@ -26,7 +26,8 @@ def test_bench_writes_records_with_documented_keys(tmp_path, capsys):
         assert KEYS <= set(r)
     eager, exact, paper, topk = records
     assert eager["state_bytes_per_score"] == 12.0              # CPU: probs + float mask + dropped
-    assert exact["state_bytes_per_score"] == 4.0
+    scores = 2 * 32 * 32
+    assert 4.0 <= exact["state_bytes_per_score"] <= 4.0 + 64 / scores   # fp32 probs + the dropout seed tensor
     assert eager["reduction_vs_eager"] == 0.0 and exact["reduction_vs_exact"] == 0.0
     assert paper["reduction_vs_eager"] == pytest.approx(1 - paper["state_bytes_per_score"] / 12.0)
     assert paper["params"] == {"S": 2} and topk["params"] == {"keep_ratio": 0.25}
