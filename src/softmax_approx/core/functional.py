@@ -144,18 +144,18 @@ def attention(
     _check_inputs(q, k, v, mask, bias, dropout_p)
     p = float(dropout_p) if training else 0.0
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    with attention_scope(q, k, v, mask, bias):
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, bias))
+    fused = pol.name not in ("eager", "sdpa") and needs_grad
+    # the seed (16 bytes) is an input of the fused function, like q, k, v: not softmax state
+    seed = _dropout.draw_seed(q.device) if fused and p > 0 else None
+    with attention_scope(q, k, v, mask, bias, seed):
         if pol.name == "eager":
             return _eager(q, k, v, mask, bias, causal, p, scale)
         if pol.name == "sdpa":
             return _sdpa(q, k, v, mask, bias, causal, p, scale)
-        needs_grad = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (q, k, v, bias)
-        )
-        if not needs_grad:  # nothing to keep: plain exact attention, no sort, no state
+        if not fused:  # nothing to keep: plain exact attention, no sort, no state
             return _plain(q, k, v, mask, bias, causal, p, scale)
         name, param = (pol.name, pol.param) if training else ("recompute", None)
-        seed = _dropout.draw_seed(q.device) if p > 0 else None
         return _FusedAttention.apply(q, k, v, mask, bias, seed, causal, p, scale, name, param)
 
 
