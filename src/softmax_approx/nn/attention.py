@@ -6,7 +6,9 @@ causal self-attention (``causal=True``) and cross-attention (``key``/``value`` g
 The policy only decides what is *kept for backward*; the forward value is the exact softmax
 under every policy. So when autograd will keep nothing (``torch.no_grad()``/inference mode, or
 no input needs a gradient: evaluation, beam search) the module calls one exact kernel
-(:data:`INFERENCE_POLICY`) and no policy ever sorts or compresses a row there.
+(:data:`INFERENCE_POLICY`, PyTorch's fused SDPA) whatever the policy: evaluation and decoding of
+an ``eager`` and a ``paper`` model run the same code. ``core.attention`` itself also skips the
+policy's work without gradients; this choice is only about using one, fast, kernel.
 
 Incremental decoding (fairseq's ``incremental_state``): :meth:`MultiHeadAttention.step` runs
 one new target position against a per-layer ``cache`` dict. Self-attention appends this
