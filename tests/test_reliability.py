@@ -28,6 +28,7 @@ from conftest import TINY, compose_cfg
 from fixtures_data import write_imdb_tgz, write_sst2
 from softmax_approx import train as train_mod
 from softmax_approx.train import train
+from softmax_approx.harness import rundir as rundir_mod
 from softmax_approx.harness import sweep as sweep_mod
 from softmax_approx.harness.callbacks import LastCheckpoint, step_seed
 from softmax_approx.utils.errors import ConfigError, NonFiniteLossError
@@ -64,10 +65,12 @@ def test_resume_decision_table(tmp_path, data_dir):
     assert decide(run, conf).action == "fresh"  # crashed before the first checkpoint
     last = last_checkpoint(run)
     last.parent.mkdir(parents=True)
-    last.write_bytes(b"x")
+    torch.save({"state_dict": {}}, last)
     d = decide(run, conf)
     assert (d.action, d.ckpt_path) == ("resume", str(last))
-    assert decide(run, conf, explicit_ckpt="/some/other.ckpt").ckpt_path == "/some/other.ckpt"
+    other = run / "other.ckpt"
+    torch.save({"state_dict": {}}, other)
+    assert decide(run, conf, explicit_ckpt=str(other)).ckpt_path == str(other)
     write_json_atomic(run / "results.json", {**rec, "status": "failed"})
     assert decide(run, conf).action == "resume"  # e.g. a NaN stop: resume from the last good state
     write_json_atomic(run / "results.json", {**rec, "status": "completed", "metrics": {"test/acc": 0.75}})
@@ -250,6 +253,7 @@ def test_results_written_running_first_and_completed_last(tmp_path, data_dir, mo
     seen = []
     real = train_mod.write_results
     monkeypatch.setattr(train_mod, "write_results", lambda p, rec: (seen.append(rec.status), real(p, rec))[1])
+    monkeypatch.setattr(rundir_mod, "write_results", lambda p, rec: (seen.append(rec.status), real(p, rec))[1])
     train(compose_cfg([], tmp_path / "a", data_dir))
     assert seen == ["running", "completed"]
     seen.clear()
@@ -367,7 +371,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, dat
     msg = str(info.value)
     assert "\n" not in msg
     assert re.match(r"non-finite training loss \(nan\) at global step 6 \(epoch 1, batch index 2\); "
-                    r"the last good checkpoint is kept", msg), msg
+                    r"the last good checkpoint \S+last\.ckpt is kept", msg), msg
     rec = load_results(run / "results.json")
     assert rec["status"] == "failed" and rec["error"] == f"NonFiniteLossError: {msg}"
     ck = _ckpt(last_checkpoint(run))

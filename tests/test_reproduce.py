@@ -61,6 +61,7 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_TRAIN_LOG", str(log))
     monkeypatch.delenv("FAKE_TRAIN_CRASH", raising=False)
     monkeypatch.setattr(reproduce, "TRAIN_COMMAND", [sys.executable, str(script)])
+    (tmp_path / "data").mkdir()  # reproduce checks the data directory exists up front
     return {"defs": defs, "out": tmp_path / "out", "data": tmp_path / "data", "log": log}
 
 

@@ -85,6 +85,7 @@ class Job:
     proc: Any = None
     started: float = 0.0
     log: Any = None
+    error: str | None = None  # why it failed (printed with its progress line)
 
 
 @dataclass
@@ -181,7 +182,7 @@ def _finish(job: Job, rc: int, note: str = "") -> None:
     record.finish("failed", error or note or f"train exited with code {rc} without a completed results.json: {last}")
     record.update(returncode=rc, stderr_tail=tail)
     write_results(res, record)
-    job.status = "failed"
+    job.status, job.error = "failed", record.error
 
 
 def _profile_of(spec: RunSpec) -> str | None:
@@ -216,7 +217,7 @@ def execute(jobs: list[Job], data_dir: str, n_parallel: int = 1, progress: Progr
                 live.remove(job)
                 progress.running -= 1
                 progress.done += 1
-                progress.line(job.status, job, f" ({job.seconds:.1f} s)")
+                progress.line(job.status, job, f" ({job.seconds:.1f} s)" + (f": {job.error}" if job.error else ""))
     except KeyboardInterrupt:
         for job in live:
             _kill(job.proc)
@@ -323,6 +324,10 @@ def run(profile: str, out: Path | str, data_dir: Path | str, only: list[str] | N
         from softmax_approx.data.ensure import ensure_data
 
         ensure_data({j.spec.task for j in todo}, data_dir, stream)
+    elif todo and not Path(data_dir).is_dir():  # one line, not one silent failure per run
+        print(f"error: data directory {data_dir} does not exist; fetch the data with `make data` "
+              "(or --fetch-data), or give --data-dir DIR", file=sys.stderr, flush=True)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
     all_jobs = done + todo
     _manifest(out, profile, str(data_dir), only, all_jobs, started)

@@ -41,7 +41,8 @@ from softmax_approx.harness.job import (
 )
 from softmax_approx.harness.measure import run_stats
 from softmax_approx.harness.results import jsonable, new_record, resolved_config, results_path, write_results
-from softmax_approx.harness.resume import decide, read_record
+from softmax_approx.harness.resume import check_tokenizer, decide, read_record
+from softmax_approx.harness import rundir
 from softmax_approx.harness.validation import validate_config
 from softmax_approx.utils.errors import UserError, one_line
 from softmax_approx.utils.run_record import RunRecord
@@ -64,9 +65,11 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     # Same command, same run dir: skip a completed run, resume an interrupted one (harness/resume.py).
     decision = decide(run_dir, jsonable(resolved_config(cfg)), cfg.get("ckpt_path"))
     if decision.action == "skip":
+        rundir.clear_job_error(run_dir)
         print(f"{out_path}: run already completed; not training again (returning its recorded metrics; "
               "delete the directory or use another hydra.run.dir to retrain)")
         return decision.metrics, {"cfg": cfg, "record": decision.record, "skipped": True}
+    rundir.check_writable(run_dir)
     if decision.action == "resume":
         log.info("resuming %s from %s", run_dir, decision.ckpt_path)
     L.seed_everything(int(cfg.seed), workers=True)
@@ -74,13 +77,23 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     ddp = DistributedJob.start()
     record = new_record(cfg, run_dir, job_id)
     record.update(resumed_from=decision.ckpt_path)
+    fingerprint = dict(decision.fingerprint or {})
     if ddp.is_global_zero:
+        rundir.clear_job_error(run_dir)
+        rundir.write_fingerprint(run_dir, {**fingerprint, "tokenizer_sha256": decision.previous_tokenizer})
         write_results(out_path, record)
     objects: dict[str, Any] = {"cfg": cfg}
     try:
         datamodule = build_datamodule(cfg, "fit")
+        # the tokenizer is part of the run's identity: recorded, and checked before resuming
+        fingerprint["tokenizer_sha256"] = getattr(datamodule, "tokenizer_sha256", None)
+        record.update(tokenizer_sha256=fingerprint["tokenizer_sha256"])
+        check_tokenizer(run_dir, decision, fingerprint["tokenizer_sha256"])
+        if ddp.is_global_zero:
+            rundir.write_fingerprint(run_dir, fingerprint)
         module = build_module(cfg, datamodule)
         trainer, callbacks, loggers = build_trainer(cfg, run_dir, group=sweep)
+        trainer.callbacks.append(rundir.FingerprintState(fingerprint))  # in every checkpoint
         objects.update(datamodule=datamodule, model=module, trainer=trainer, callbacks=callbacks, loggers=loggers)
         record.params = module.param_counts()
         for lg in loggers:
@@ -113,7 +126,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     except BaseException as e:
         record.finish("failed", one_line(e))
         if ddp.is_global_zero:
-            write_results(out_path, record)
+            rundir.remove_temp_files(run_dir)
+            rundir.write_failed(out_path, record)
         raise
     finally:
         finish_wandb(record.status)
@@ -194,10 +208,19 @@ def _record_failure(cfg: DictConfig, e: BaseException) -> None:
     error = one_line(e)
     print(f"error: job failed, the sweep goes on: {error}", file=sys.stderr)
     run_dir, job_id, _ = run_info(cfg)
+    sweep_summary.note_failure(run_dir, error)
     path = results_path(run_dir)
     rec = read_record(path)
-    if rec is None or rec.get("status") != "failed":
+    if rec is not None and rec.get("status") == "failed":
+        return  # train() recorded it
+    if rec is not None or rundir.read_fingerprint(run_dir) is not None:
+        # the directory holds another run (e.g. a refused rerun): keep it, say why elsewhere
+        rundir.write_job_error(run_dir, error)
+        return
+    try:
         write_results(path, sweep_summary.failed_record(cfg, run_dir, job_id, error))
+    except OSError as e:  # a read-only or full run directory: the sweep summary still says why
+        print(f"error: could not write {path} ({e.strerror or e})", file=sys.stderr)
 
 
 def _release_memory() -> None:

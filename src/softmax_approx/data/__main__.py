@@ -15,7 +15,7 @@ from pathlib import Path
 
 from softmax_approx.utils.errors import UserError
 
-TASK_CHOICES = ["sst2", "imdb", "multi30k", "iwslt14", "all"]
+TASK_CHOICES = ["sst2", "imdb", "multi30k", "iwslt14", "iwslt14_mini", "all"]  # iwslt14_mini: the iwslt14 files
 DATA_DIR_HELP = "where the datasets live (default: $SOFTMAX_APPROX_DATA, else the user's data cache)"
 
 

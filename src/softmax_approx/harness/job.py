@@ -6,6 +6,7 @@ Why here: both entry points test a checkpoint the same way and record it in the 
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,13 @@ def precheck_overrides(argv: list[str], config_module: str, config_name: str) ->
             compose(config_name, overrides=argv)
     except (HydraException, OmegaConfBaseException) as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        print(f"error: {' | '.join(lines[:3])}", file=sys.stderr)
+        head, rest = lines[:2], lines[2:]
+        if head and head[-1].startswith("Available options") and rest:  # every option, not the first
+            options = list(itertools.takewhile(lambda ln: not ln.endswith(":"), rest))  # until "Config search path:"
+            message = " | ".join(head) + " " + ", ".join(options)
+        else:
+            message = " | ".join(lines[:3])
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
     finally:
         GlobalHydra.instance().clear()

@@ -13,7 +13,10 @@ nothing of the above                        ``fresh``
 
 A previous run with a different configuration in the same directory is refused (ConfigError
 naming the differing keys): continuing it would silently mix two experiments. Keys that do not
-change what is trained are ignored (``IGNORED_KEYS``).
+change what is trained are ignored (``IGNORED_KEYS``). The config is checked three ways, so a
+torn or deleted results.json cannot hide it: the record's config, the directory's
+``config_fingerprint`` file and the fingerprint inside ``last.ckpt`` (harness/rundir.py). A
+checkpoint to resume from is opened here, so a truncated one is one line, not a traceback.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from softmax_approx.harness.callbacks import LAST_NAME
+from softmax_approx.harness.rundir import CKPT_KEY, FINGERPRINT_FILE, config_sha256, read_fingerprint
 from softmax_approx.utils.errors import ConfigError
 from softmax_approx.utils.run_record import read_results
 
@@ -40,6 +44,8 @@ class ResumeDecision:
     action: str  # "skip" | "resume" | "fresh"
     ckpt_path: str | None = None
     record: dict | None = None
+    fingerprint: dict | None = None  # this config's (config_sha256); the tokenizer's is added later
+    previous_tokenizer: str | None = None  # the tokenizer sha256 the interrupted run trained with
 
     @property
     def metrics(self) -> dict:
@@ -78,26 +84,72 @@ def config_differences(old: dict | None, new: dict) -> list[str]:
     return out
 
 
+def _refuse(run_dir: Path, status: Any, detail: str) -> ConfigError:
+    return ConfigError(f"{run_dir} holds a {status} run with a different config ({detail}); "
+                       "use another hydra.run.dir, or delete that directory to start over")
+
+
+def checkpoint_fingerprint(path: str | Path, key: str = "ckpt_path") -> dict:
+    """Open the checkpoint at ``path``: its fingerprint ({} for one written before
+    fingerprints), or one ConfigError line when it is not a readable Lightning checkpoint."""
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{key}={str(path)!r}: no such checkpoint file; give an existing .ckpt or ckpt_path=null")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as e:  # noqa: BLE001 - pickle, zip and torch raise many types
+        raise ConfigError(f"{key}={str(path)!r}: not a readable PyTorch checkpoint ({type(e).__name__}; truncated?); "
+                          "give a .ckpt written by softmax-approx-train, or delete it to start the run over") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ConfigError(f"{key}={str(path)!r}: not a Lightning checkpoint (no state_dict); "
+                          "give a .ckpt written by softmax-approx-train")
+    return dict((ckpt.get("callbacks") or {}).get(CKPT_KEY) or {})
+
+
 def decide(run_dir: str | Path, config: dict, explicit_ckpt: str | None = None) -> ResumeDecision:
-    """Skip, resume or start fresh (table in the module docstring)."""
+    """Skip, resume or start fresh (table in the module docstring); refuse another config's
+    directory before anything is written into it."""
     run_dir = Path(run_dir)
+    config = json.loads(json.dumps(config, default=str))
+    fingerprint = {"config_sha256": config_sha256(config, IGNORED_KEYS)}
     record = read_record(run_dir / "results.json")
     last = last_checkpoint(run_dir)
-    if record is not None and (record.get("status") == "completed" or last.exists()):
-        diff = config_differences(record.get("config"), config)
+    stored = read_fingerprint(run_dir) or {}
+    status = (record or {}).get("status", "previous")
+    # a directory holds something to protect once it has a completed record or a checkpoint;
+    # a run that failed before its first checkpoint may be rerun there with a fixed config
+    if status == "completed" or last.exists():
+        diff = config_differences((record or {}).get("config"), config)
         if diff:
-            shown = ", ".join(diff[:5]) + (f" (+{len(diff) - 5} more)" if len(diff) > 5 else "")
-            raise ConfigError(
-                f"{run_dir} holds a {record.get('status')} run with a different config ({shown}); "
-                "use another hydra.run.dir, or delete that directory to start over"
-            )
+            raise _refuse(run_dir, status, ", ".join(diff[:5]) + (f" (+{len(diff) - 5} more)" if len(diff) > 5 else ""))
+        if stored.get("config_sha256") not in (None, fingerprint["config_sha256"]):
+            raise _refuse(run_dir, status, f"{FINGERPRINT_FILE} differs")
+    previous_tok = stored.get("tokenizer_sha256")
     if record is not None and record.get("status") == "completed":
-        return ResumeDecision("skip", record=record)
-    if explicit_ckpt:
-        return ResumeDecision("resume", ckpt_path=str(explicit_ckpt), record=record)
-    if last.exists():
-        return ResumeDecision("resume", ckpt_path=str(last), record=record)
-    return ResumeDecision("fresh", record=record)
+        return ResumeDecision("skip", record=record, fingerprint=fingerprint)
+    ckpt = str(explicit_ckpt) if explicit_ckpt else (str(last) if last.exists() else None)
+    if ckpt is None:
+        return ResumeDecision("fresh", record=record, fingerprint=fingerprint, previous_tokenizer=previous_tok)
+    in_ckpt = checkpoint_fingerprint(ckpt, "ckpt_path" if explicit_ckpt else str(last))
+    if not explicit_ckpt and in_ckpt.get("config_sha256") not in (None, fingerprint["config_sha256"]):
+        raise _refuse(run_dir, status, f"the fingerprint in {last.name} differs")
+    if not explicit_ckpt:
+        previous_tok = previous_tok or in_ckpt.get("tokenizer_sha256")
+    return ResumeDecision("resume", ckpt_path=ckpt, record=record, fingerprint=fingerprint,
+                          previous_tokenizer=previous_tok)
+
+
+def check_tokenizer(run_dir: str | Path, decision: ResumeDecision, tokenizer_sha256: str | None) -> None:
+    """Refuse to resume with a tokenizer other than the one the run trained with (a retrained or
+    changed tokenizer permutes the ids the checkpoint's embeddings were trained on)."""
+    before = decision.previous_tokenizer
+    if decision.action == "resume" and before and tokenizer_sha256 and before != tokenizer_sha256:
+        raise ConfigError(
+            f"{run_dir} was trained with tokenizer sha256 {before[:12]}, this data gives {tokenizer_sha256[:12]} "
+            "(data or tokenizer cache changed); restore the data, or use another hydra.run.dir to start over"
+        )
 
 
 def wandb_run_id(run_dir: str | Path) -> str:

@@ -7,10 +7,17 @@ job's error, records it in that job's results.json (status ``failed``) and moves
 jobs have run, :class:`SweepSummary` (a Hydra callback, in the launching process, for any
 launcher) reads every job's results.json, writes ``<sweep dir>/sweep_summary.json`` and prints
 one line per failed job, and ``train.main`` exits with code 1 if any job failed.
+
+A job refused because its directory holds another config's run (a rerun of the sweep with its
+values in another order, or with a bad value) never touches that run's results.json: its reason
+goes to ``<job dir>/job_error.json`` (harness/rundir.py), and the summary lists it as
+``refused``. A job that could write nothing (read-only directory) is listed with the reason
+this process noted (:func:`note_failure`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -22,6 +29,7 @@ from omegaconf import DictConfig
 
 from softmax_approx.utils.run_record import FILENAME, RunRecord, now_iso, write_json_atomic
 from softmax_approx.harness.resume import read_record
+from softmax_approx.harness.rundir import JOB_ERROR_FILE
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +57,21 @@ def _num(item: tuple[str, Any]) -> tuple[int, str]:
 
 #: The summary of the last multirun of this process (read by ``train.main`` for its exit code).
 LAST: SweepResult | None = None
+#: job dir (resolved) -> the one-line reason a job of this process failed (see note_failure).
+NOTED: dict[str, str] = {}
+
+
+def note_failure(run_dir: str | Path, error: str) -> None:
+    """Remember why a job failed, for a summary even when its directory could not be written."""
+    NOTED[str(Path(run_dir).resolve())] = error
+
+
+def _job_error(job: Path) -> str | None:
+    try:
+        data = json.loads((job / JOB_ERROR_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return str(data.get("error")) if isinstance(data, dict) else None
 
 
 def summarize(sweep_dir: str | Path) -> SweepResult:
@@ -58,11 +81,17 @@ def summarize(sweep_dir: str | Path) -> SweepResult:
     out = SweepResult(str(sweep_dir))
     if not sweep_dir.is_dir():
         return out
+    noted = {Path(k).name: v for k, v in NOTED.items() if Path(k).parent == sweep_dir.resolve()}
     for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
-        if not ((job / ".hydra").is_dir() or (job / FILENAME).exists()):
+        if not ((job / ".hydra").is_dir() or (job / FILENAME).exists() or job.name in noted):
             continue
         rec = read_record(job / FILENAME)
-        if rec is None:
+        refused = _job_error(job)
+        if refused is not None:
+            out.jobs[job.name] = {"status": "refused", "error": refused}
+        elif rec is None and job.name in noted:
+            out.jobs[job.name] = {"status": "failed", "error": noted[job.name]}
+        elif rec is None:
             out.jobs[job.name] = {"status": "missing", "error": f"no readable {FILENAME} (the job died without writing one)"}
         else:
             status = str(rec.get("status"))

@@ -8,6 +8,7 @@ one line naming the key, its value and the allowed values (or the file and the f
 from __future__ import annotations
 
 import inspect
+import math
 from pathlib import Path
 
 from hydra.utils import get_class, get_object
@@ -65,6 +66,9 @@ def _check_training_knobs(cfg: DictConfig) -> None:
         if OmegaConf.select(cfg, "optimizer.lr") is None:
             raise ConfigError("optimizer.lr=None: must be a number > 0")
         _number(cfg, "optimizer.lr", 0.0, low_inclusive=False)
+        lr = OmegaConf.select(cfg, "optimizer.lr")
+        if isinstance(lr, float) and not math.isfinite(lr):
+            raise ConfigError(f"optimizer.lr={lr!r}: must be a finite number > 0")
         _number(cfg, "optimizer.weight_decay", 0.0, low_inclusive=True)
     if cfg.get("scheduler") is not None:
         _optional_int(cfg, "scheduler.warmup_steps", 0)
@@ -74,6 +78,8 @@ def _check_training_knobs(cfg: DictConfig) -> None:
     if "batch_size" in dm and "max_tokens" in dm and dm.get("batch_size") is None and dm.get("max_tokens") is None:
         raise ConfigError("task.datamodule.batch_size and task.datamodule.max_tokens are both null: set one to an integer >= 1")
     _optional_int(cfg, "task.datamodule.num_workers", 0)
+    _check_data_sizes(cfg)
+    _check_val_interval(cfg)
     split = OmegaConf.select(cfg, "task.datamodule.test_split")
     if split is not None:
         from softmax_approx.data.base import SPLITS
@@ -101,6 +107,40 @@ def _check_training_knobs(cfg: DictConfig) -> None:
     ckpt = cfg.get("ckpt_path")
     if ckpt is not None and not Path(str(ckpt)).is_file():
         raise ConfigError(f"ckpt_path={ckpt!r}: no such checkpoint file; give an existing .ckpt or ckpt_path=null")
+
+
+#: The smallest vocabulary the DataModules accept (data/classification.py, data/translation.py).
+MIN_VOCAB = 100
+
+
+def _check_data_sizes(cfg: DictConfig) -> None:
+    """vocab_size and subset name their config key here (the DataModule's own check would be
+    wrapped by Hydra's instantiate error, and translation reads vocab_size 0 as "default")."""
+    vocab = OmegaConf.select(cfg, "task.datamodule.vocab_size")
+    if vocab is not None and (isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < MIN_VOCAB):
+        raise ConfigError(f"task.datamodule.vocab_size={vocab!r}: must be an integer >= {MIN_VOCAB} (or null: the task's default)")
+    subset = OmegaConf.select(cfg, "task.datamodule.subset")
+    if subset is None:
+        return
+    if not OmegaConf.is_dict(subset):
+        raise ConfigError(f"task.datamodule.subset={subset!r}: must be null or a mapping, e.g. {{train: 2000, val: 256, test: 512}}")
+    for key, value in subset.items():
+        if key not in ("train", "val", "test"):
+            raise ConfigError(f"task.datamodule.subset.{key}: unknown split; allowed keys: train, val, test")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"task.datamodule.subset.{key}={value!r}: must be an integer >= 1 or null (the whole split)")
+
+
+def _check_val_interval(cfg: DictConfig) -> None:
+    """Lightning's val_check_interval: an int >= 1 (batches) or a float in (0, 1] (epoch fraction)."""
+    value = OmegaConf.select(cfg, "trainer.val_check_interval")
+    if value is None:
+        return
+    ok = not isinstance(value, bool) and (
+        (isinstance(value, int) and value >= 1) or (isinstance(value, float) and 0.0 < value <= 1.0))
+    if not ok:
+        raise ConfigError(f"trainer.val_check_interval={value!r}: must be an integer >= 1 (batches), "
+                          "a number in (0, 1] (fraction of an epoch) or null")
 
 
 def _check_kwargs(cfg: DictConfig, key: str, extra: tuple[str, ...] = (), drop: tuple[str, ...] = ()) -> None:
@@ -135,6 +175,8 @@ def validate_config(cfg: DictConfig, check_data: bool = True) -> None:
     seed = cfg.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed={seed!r}: must be an integer (0 is a valid seed)")
+    if not 0 <= seed < 2**32:  # numpy's seed range (Lightning seeds numpy with it)
+        raise ConfigError(f"seed={seed!r}: must be an integer in [0, 2**32 - 1]")
 
     # attention: a known policy with exactly its parameters
     name = cfg.attention.name

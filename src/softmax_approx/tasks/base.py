@@ -14,6 +14,7 @@ the ``*_best`` metrics, which torchmetrics does not put in ``state_dict``, trave
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import lightning as L
@@ -93,9 +94,19 @@ class BaseTask(L.LightningModule):
             raise NonFiniteLossError(
                 f"non-finite training loss ({loss.detach().float().mean().item()}) at global step "
                 f"{int(self.global_step)} (epoch {int(self.current_epoch)}, batch index {batch_idx}); "
-                "the last good checkpoint is kept; lower optimizer.lr or gradient clipping, or rerun "
-                "the same command to resume from it"
+                + self._last_good_note()
             )
+
+    def _last_good_note(self) -> str:
+        """What a rerun can resume from: promise a checkpoint only when one was written."""
+        trainer = getattr(self, "_trainer", None)
+        paths = [getattr(cb, "path", None) for cb in (getattr(trainer, "callbacks", None) or [])]
+        kept = [p for p in paths if p is not None and str(p).endswith(".ckpt") and Path(str(p)).is_file()]
+        if kept:
+            return (f"the last good checkpoint {kept[0]} is kept; lower optimizer.lr or gradient clipping, "
+                    "or rerun the same command to resume from it")
+        return ("no checkpoint was written before it (the first is written at the end of epoch 0): "
+                "lower optimizer.lr or set trainer.gradient_clip_val, then rerun")
 
     def log_train(self, loss: torch.Tensor, out: dict, batch: dict) -> None:
         """Log the training loss/metrics (subclasses add theirs)."""

@@ -1,0 +1,147 @@
+"""A run directory's identity and its last-resort writes (docs/reliability.md, fault table).
+
+Why a separate small file: ``results.json`` is rewritten during a run, so a torn or deleted one
+must not hide which config (and tokenizer) the directory belongs to. ``config_fingerprint``
+holds the sha256 of the config (``IGNORED_KEYS`` left out) and of the tokenizer; the same
+fingerprint travels in every checkpoint (:class:`FingerprintState`). Both are checked before a
+run resumes or a failed job writes anything into the directory.
+
+Why a fallback writer: on a full disk the atomic writer (temp file + rename) cannot create the
+temp file, so the ``failed`` record is written into the old file's own blocks instead (small and
+not atomic: a torn file reads as "not completed", the safe side), or one line says it could not.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from softmax_approx.utils.errors import ConfigError
+from softmax_approx.utils.run_record import RunRecord, now_iso, write_json_atomic, write_results
+
+FINGERPRINT_FILE = "config_fingerprint"
+JOB_ERROR_FILE = "job_error.json"
+#: Where the fingerprint sits in a checkpoint's ``callbacks`` dict.
+CKPT_KEY = "ConfigFingerprint"
+
+
+def config_sha256(config: dict, ignored: frozenset[str]) -> str:
+    """sha256 of the config as canonical JSON, top-level ``ignored`` keys left out."""
+    kept = {k: v for k, v in config.items() if k not in ignored}
+    text = json.dumps(kept, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def read_fingerprint(run_dir: str | Path) -> dict | None:
+    """The directory's fingerprint, or None when there is none (or it is unreadable)."""
+    try:
+        data = json.loads((Path(run_dir) / FINGERPRINT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_fingerprint(run_dir: str | Path, fingerprint: dict) -> None:
+    write_json_atomic(Path(run_dir) / FINGERPRINT_FILE, fingerprint)
+
+
+def check_writable(run_dir: str | Path) -> None:
+    """One ConfigError line when the run directory cannot be created or written (read-only
+    mount, permissions), before anything is trained."""
+    run_dir = Path(run_dir)
+    probe = run_dir / f".write_probe.{os.getpid()}"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"hydra.run.dir={str(run_dir)!r}: cannot write there ({e.strerror or e}); "
+                          "choose a writable hydra.run.dir (or hydra.sweep.dir)") from None
+
+
+class FingerprintState(L.Callback):
+    """Puts the run's fingerprint into every checkpoint (Lightning saves a callback's
+    ``state_dict`` under its ``state_key``); loading is a no-op, the check is done earlier."""
+
+    def __init__(self, fingerprint: dict) -> None:
+        self.fingerprint = dict(fingerprint)
+
+    @property
+    def state_key(self) -> str:
+        return CKPT_KEY
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.fingerprint)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
+
+
+def clear_job_error(run_dir: str | Path) -> None:
+    try:
+        (Path(run_dir) / JOB_ERROR_FILE).unlink()
+    except OSError:
+        pass
+
+
+def write_job_error(run_dir: str | Path, error: str) -> None:
+    """The reason a sweep job was refused without touching the directory's results.json (it
+    holds another config's result); the sweep summary reads it."""
+    try:
+        write_json_atomic(Path(run_dir) / JOB_ERROR_FILE, {"status": "refused", "error": error, "time": now_iso()})
+    except OSError:
+        pass
+
+
+def write_failed(path: str | Path, record: RunRecord) -> bool:
+    """Write a ``failed`` record however the disk allows; False (and one stderr line) if not.
+
+    1. the full record, atomically; 2. a small record, atomically; 3. the small record into the
+    existing file's blocks (works on a full disk when it is no longer than the old file)."""
+    path = Path(path)
+    try:
+        write_results(path, record)
+        return True
+    except OSError:
+        pass
+    small = RunRecord(status="failed", error=record.error, task=record.task, policy=record.policy,
+                      seed=record.seed, run_dir=record.run_dir, job_id=record.job_id,
+                      provenance={"started": (record.provenance or {}).get("started"), "finished": now_iso()})
+    small.update(note="small record: the full one could not be written")
+    try:
+        write_results(path, small)
+        return True
+    except OSError:
+        pass
+    text = json.dumps(small.to_dict(), separators=(",", ":"), allow_nan=False) + "\n"
+    try:
+        with open(path, "r+b") as f:
+            f.write(text.encode())
+            f.truncate()
+            f.flush()
+            os.fsync(f.fileno())
+        return True
+    except OSError as e:
+        why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        print(f"error: could not record the failure in {path} ({why}); its status there is stale "
+              f"(run failed: {record.error})", file=sys.stderr)
+        return False
+
+
+def remove_temp_files(run_dir: str | Path) -> list[Path]:
+    """Delete the checkpoint temp files a failed write left (``checkpoints/.*.tmp``)."""
+    removed = []
+    for tmp in (Path(run_dir) / "checkpoints").glob(".*.tmp"):
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass
+    return removed
