@@ -10,7 +10,9 @@ fails before any data is read: one line on stderr, exit code 2.
 Reliability (docs/reliability.md): rerunning a command with the same ``hydra.run.dir`` resumes
 from ``checkpoints/last.ckpt`` (or returns a completed run's metrics without training); in a
 multirun a failing job is recorded as ``failed`` and the others still run, then the command
-exits 1.
+exits 1. SIGTERM/SIGUSR1 checkpoint at the current step, record ``preempted``, requeue under
+SLURM and exit 75 (harness/preemption.py); a second command on a run dir in use exits 2
+(harness/run_lock.py).
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ from omegaconf import DictConfig
 from softmax_approx.conf import CONFIG_MODULE, CONFIG_NAME, CONFIG_PATH
 from softmax_approx.harness import sweep as sweep_summary
 from softmax_approx.harness.build import build_datamodule, build_module, build_trainer
-from softmax_approx.harness.callbacks import LastCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from softmax_approx.harness.callbacks import LastCheckpoint, NonFiniteGradients
+from softmax_approx.harness.preemption import EXIT_PREEMPTED, Preempted, requeue_slurm
+from softmax_approx.harness.run_lock import RunLock, is_launching_rank
 from softmax_approx.harness.distributed import DistributedJob
 from softmax_approx.harness.job import (
     check_checkpoint,
@@ -55,6 +61,18 @@ class NoBestCheckpoint(RuntimeError):
 
 
 def train(cfg: DictConfig) -> tuple[dict, dict]:
+    """:func:`_train` holding the run directory's lock (harness/run_lock.py): a second command
+    on a run dir in use stops at once (``RunDirLocked``, one line, exit 2)."""
+    run_dir, _, _ = run_info(cfg)
+    lock = RunLock(run_dir).acquire() if is_launching_rank() else None
+    try:
+        return _train(cfg)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: DictConfig) -> tuple[dict, dict]:
     """Validate, build, fit, test from the best checkpoint; write results.json.
 
     Returns ``(metrics, objects)``. Raises ConfigError/DataError before reading any data.
@@ -114,6 +132,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
             stats = run_stats(callbacks, module)
             record.update(memory=stats["memory"], fidelity=stats["fidelity"], params=stats["params"],
                           timing={"train_seconds": train_seconds, **stats["timing"]})
+            for cb in callbacks:
+                if isinstance(cb, NonFiniteGradients):
+                    record.update(nonfinite_grad_steps=len(cb.skipped_steps))
         if cfg.get("test"):
             metrics.update(run_test(trainer, module, datamodule, _test_weights(cfg, trainer), record))
         record.metrics = dict(sorted(metrics.items()))
@@ -123,6 +144,13 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
             write_results(out_path, record)
         objects["record"] = record.to_dict()
         return metrics, objects
+    except (Preempted, SIGTERMException) as e:
+        # Preemption (harness/preemption.py): last.ckpt holds the step it stopped at; not a failure.
+        record.finish("preempted", one_line(e))
+        if ddp.is_global_zero:
+            write_results(out_path, record)
+            requeue_slurm()
+        raise
     except BaseException as e:
         record.finish("failed", one_line(e))
         if ddp.is_global_zero:
@@ -190,6 +218,10 @@ def run_job(cfg: DictConfig) -> float | None:
     try:
         metrics, _ = train(cfg)
         return _optimized_metric(cfg, metrics)
+    except (Preempted, SIGTERMException) as e:
+        # Stops a sweep too: the scheduler is taking the machine back.
+        print(f"preempted: {one_line(e)}", file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         if not multirun:

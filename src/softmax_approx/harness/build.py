@@ -47,7 +47,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, group: str | None = None,
     callbacks = measurement_callbacks(cfg) if training else []
     callbacks += instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(loggers))
     fault = cfg.get("fault") or {}
-    if training and (fault.get("fail_at_step") is not None or fault.get("nan_at_step") is not None):
-        callbacks.append(FaultInjection(fault.get("fail_at_step"), fault.get("nan_at_step")))
+    keys = ("fail_at_step", "nan_at_step", "nan_grad_at_step", "signal_at_step")
+    if training and any(fault.get(k) is not None for k in keys):
+        callbacks.append(FaultInjection(**{k: fault.get(k) for k in keys}, signal_name=fault.get("signal_name") or "SIGTERM"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return trainer, callbacks, loggers

@@ -1,11 +1,11 @@
 """Lightning callbacks that make a run resumable and its faults testable (docs/reliability.md).
 
 * :class:`LastCheckpoint` — ``<run dir>/checkpoints/last.ckpt`` at every training-epoch end,
-  written atomically and only when the weights are finite. Epoch ends only: Lightning resumes a
-  mid-epoch checkpoint by replaying the epoch's data loader from the start, which with our
-  length-bucketed batch sampler would see batches twice; at an epoch boundary the sampler's
-  order is a function of ``(seed, epoch)`` alone, so the resumed run sees exactly the batches an
-  uninterrupted one would.
+  every ``every_n_train_steps`` steps / ``train_time_interval`` seconds, and at the current step
+  on a preemption signal (``harness/preemption.py``); written atomically and only when the
+  weights are finite. A mid-epoch checkpoint resumes at the next unseen batch: the train loader's
+  position travels in the checkpoint (``data/batching.py``).
+* :class:`NonFiniteGradients` — NaN/inf gradients with a finite loss: skip the step or stop.
 * :class:`StepSeed` — re-seeds torch's RNG (dropout) from ``(seed, epoch, batch index)`` before
   every training batch. Persisting generator states is not enough: Lightning draws from the
   global RNG whenever it creates a data-loader iterator, and a restarted run creates them at
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +45,21 @@ class LastCheckpoint(Checkpoint):
     resume that finds training already finished (e.g. a crash during testing).
     """
 
-    def __init__(self, dirpath: str, filename: str = LAST_NAME, every_n_epochs: int = 1) -> None:
+    def __init__(self, dirpath: str, filename: str = LAST_NAME, every_n_epochs: int = 1,
+                 every_n_train_steps: int | None = None, train_time_interval: float | str | None = None,
+                 preempt_signals: list[str] | None = None) -> None:
+        from softmax_approx.harness.preemption import DEFAULT_SIGNALS, SignalFlag
+
         self.dirpath = Path(dirpath)
         self.filename = filename
         self.every_n_epochs = max(1, int(every_n_epochs))
+        self.every_n_train_steps = int(every_n_train_steps) if every_n_train_steps else None
+        self.train_time_interval = _seconds(train_time_interval)
+        self.signals = SignalFlag(DEFAULT_SIGNALS if preempt_signals is None else preempt_signals)
         self.restored_metrics: dict[str, float] = {}
         self.skipped_nonfinite = 0
+        self.saved_at_step = -1
+        self._last_time = time.monotonic()
         self._trainer: L.Trainer | None = None
 
     @property
@@ -70,16 +80,69 @@ class LastCheckpoint(Checkpoint):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._trainer = trainer
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After Lightning registered its own SIGTERM handler (in Trainer._run): ours replaces it
+        # for the training loop, so a signal checkpoints instead of raising SIGTERMException.
+        self.signals.install()
+        self._last_time = time.monotonic()
+        _restore_train_loader_position(trainer)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        """Mid-epoch ``last.ckpt``: on a preemption signal (then raise ``Preempted``), every
+        ``every_n_train_steps`` optimizer steps, or when ``train_time_interval`` seconds passed.
+        Saved here, like ModelCheckpoint's step checkpoints: Lightning resumes such a checkpoint
+        at the next batch (and runs a validation that was due), the data loader at the next
+        unseen batch."""
+        if trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        step = int(trainer.global_step)
+        preempt = self._any_rank(trainer, self.signals.received is not None)
+        due = bool(self.every_n_train_steps) and step % self.every_n_train_steps == 0
+        if self.train_time_interval is not None:
+            due = due or self._any_rank(trainer, time.monotonic() - self._last_time >= self.train_time_interval)
+        if (preempt or due) and step != self.saved_at_step:
+            self._save_if_finite(trainer, pl_module, f"step {step}")
+        if preempt:
+            self._raise_preempted(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A signal during the last validation: training is done and saved; stop before testing.
+        received = self.signals.received
+        self.signals.restore()
+        if received is not None:
+            self._raise_preempted(trainer)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.signals.restore()
+
+    def _raise_preempted(self, trainer: L.Trainer) -> None:
+        from softmax_approx.harness.preemption import Preempted
+
+        name = self.signals.received.name if self.signals.received is not None else "signal (on another rank)"
+        self.signals.restore()
+        raise Preempted(name, int(trainer.global_step), str(self.path) if self.path.exists() else None)
+
+    @staticmethod
+    def _any_rank(trainer: L.Trainer, flag: bool) -> bool:
+        """True on every rank when it is true on any (a signal may reach rank 0 only)."""
+        if trainer.world_size > 1:
+            return bool(trainer.strategy.reduce_boolean_decision(flag, all=False))
+        return flag
+
+    def _save_if_finite(self, trainer: L.Trainer, pl_module: L.LightningModule, when: str) -> None:
+        if not _finite_weights(pl_module):
+            self.skipped_nonfinite += 1
+            log.warning("weights are not finite at %s: %s not overwritten", when, self.path)
+            return
+        self.save(trainer)
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.fast_dev_run:
             return
         if (trainer.current_epoch + 1) % self.every_n_epochs:
             return
-        if not _finite_weights(pl_module):
-            self.skipped_nonfinite += 1
-            log.warning("weights are not finite at epoch %d: %s not overwritten", trainer.current_epoch, self.path)
-            return
-        self.save(trainer)
+        self._save_if_finite(trainer, pl_module, f"epoch {trainer.current_epoch}")
 
     def save(self, trainer: L.Trainer) -> Path:
         """Write to a temp file in the same folder, then ``os.replace``: a kill mid-write leaves
@@ -91,7 +154,35 @@ class LastCheckpoint(Checkpoint):
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
         trainer.strategy.barrier("last_checkpoint")
+        self.saved_at_step = int(trainer.global_step)
+        self._last_time = time.monotonic()
         return self.path
+
+
+def _restore_train_loader_position(trainer: L.Trainer) -> None:
+    """Give the train loader its checkpointed position (``data/batching.py``) if Lightning did not.
+
+    Lightning restores it in ``FitLoop.setup_data`` only when that runs after the checkpoint was
+    loaded; a scheduler that reads ``trainer.estimated_stepping_batches`` in
+    ``configure_optimizers`` (ours) sets the data up earlier, so the restored position would be
+    dropped and a mid-epoch resume would restart the epoch's order. Called before the first batch
+    is drawn (the sampler reads its position then)."""
+    loop = trainer.fit_loop
+    states = getattr(loop, "_combined_loader_states_to_load", None)
+    loader = getattr(loop, "_combined_loader", None)
+    if states and loader is not None:
+        loader._load_state_dicts(states)
+        loop._combined_loader_states_to_load = []
+
+
+def _seconds(value: float | str | None) -> float | None:
+    """``train_time_interval``: seconds (number) or ``"HH:MM:SS"``; None/0 = off."""
+    if value in (None, "", 0):
+        return None
+    if isinstance(value, str) and ":" in value:
+        parts = [float(p) for p in value.split(":")]
+        return sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
+    return float(value)
 
 
 def _float_metrics(metrics: dict) -> dict[str, float]:
@@ -119,6 +210,63 @@ def step_seed(seed: int, epoch: int, batch_idx: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch) * 100_003 + int(batch_idx)) % (2**63 - 1)
 
 
+class NonFiniteGradientError(RuntimeError):
+    """A gradient was NaN/inf with a finite loss and ``nonfinite_grads.action=stop``."""
+
+
+class NonFiniteGradients(L.Callback):
+    """Catch NaN/inf gradients that a finite loss produced, before the optimizer applies them.
+
+    Cheap: one fused ``torch._foreach_norm`` over the gradients and one total norm (what
+    ``gradient_clip_val`` computes next) per optimizer step, one host sync.
+    ``action="skip"`` (default): the gradients are dropped (``grad = None``: the optimizer leaves
+    every weight and its moments as they were; the LR schedule still advances, as with AMP's
+    skipped steps), the step is counted (``skipped_steps``, in results.json
+    ``nonfinite_grad_steps``) and logged; after ``max_consecutive`` skips in a row the run stops
+    (a diverged run, not a rare overflow). ``action="stop"``: raise at once, naming the step.
+    """
+
+    def __init__(self, action: str = "skip", max_consecutive: int = 10) -> None:
+        if action not in ("skip", "stop"):
+            raise ValueError(f"nonfinite_grads action={action!r}: use skip or stop")
+        self.action = action
+        self.max_consecutive = max(1, int(max_consecutive))
+        self.skipped_steps: list[int] = []
+        self._consecutive = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped_steps": list(self.skipped_steps)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.skipped_steps = list(state_dict.get("skipped_steps") or [])
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads:
+            return
+        total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        if trainer.world_size > 1:  # DDP gradients are already all-reduced; agree anyway
+            finite = trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(total)), all=True)
+        else:
+            finite = bool(torch.isfinite(total))
+        if finite:
+            self._consecutive = 0
+            return
+        step = int(trainer.global_step)
+        where = f"global step {step} (epoch {trainer.current_epoch}, batch index {trainer.fit_loop.epoch_loop.batch_idx})"
+        self._consecutive += 1
+        if self.action == "stop" or self._consecutive >= self.max_consecutive:
+            why = "" if self.action == "stop" else f" ({self._consecutive} steps in a row)"
+            raise NonFiniteGradientError(
+                f"non-finite gradient (norm {float(total)}) with a finite loss at {where}{why}; the last good "
+                "checkpoint is kept; lower optimizer.lr or gradient_clip_val, or rerun the same command to resume")
+        self.skipped_steps.append(step)
+        log.warning("non-finite gradient (norm %s) at %s: step skipped (%d so far)", float(total), where,
+                    len(self.skipped_steps))
+        for p in pl_module.parameters():
+            p.grad = None
+
+
 class SimulatedOutOfMemory(torch.OutOfMemoryError):
     """What ``fault.fail_at_step`` raises: the error type a real CUDA OOM has."""
 
@@ -129,12 +277,25 @@ class FaultInjection(L.Callback):
     ``fail_at_step=N``: raise a simulated CUDA out-of-memory error before training step N.
     ``nan_at_step=N``: the network's floating-point outputs are multiplied by NaN on step N, so
     the loss is NaN the way a real divergence makes it.
+    ``nan_grad_at_step=N``: one gradient entry is NaN on step N while the loss stays finite.
+    ``signal_at_step=N``: the process sends itself ``signal_name`` (SIGTERM) before step N, as a
+    scheduler's preemption would (the real handler path, at a known step).
     """
 
-    def __init__(self, fail_at_step: int | None = None, nan_at_step: int | None = None) -> None:
+    def __init__(self, fail_at_step: int | None = None, nan_at_step: int | None = None,
+                 nan_grad_at_step: int | None = None, signal_at_step: int | None = None,
+                 signal_name: str = "SIGTERM") -> None:
         self.fail_at_step = fail_at_step
         self.nan_at_step = nan_at_step
+        self.nan_grad_at_step = nan_grad_at_step
+        self.signal_at_step = signal_at_step
+        self.signal_name = signal_name
         self._handle = None
+
+    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.nan_grad_at_step is not None and int(trainer.global_step) == int(self.nan_grad_at_step):
+            p = next(p for p in pl_module.parameters() if p.grad is not None)
+            p.grad.view(-1)[0] = float("nan")  # the loss stays finite
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         step = int(trainer.global_step)
@@ -145,6 +306,10 @@ class FaultInjection(L.Callback):
         if self.nan_at_step is not None and step == int(self.nan_at_step):
             net = getattr(pl_module, "net", pl_module)
             self._handle = net.register_forward_hook(lambda mod, args, out: _times_nan(out))
+        if self.signal_at_step is not None and step == int(self.signal_at_step) and trainer.is_global_zero:
+            import signal
+
+            os.kill(os.getpid(), getattr(signal, self.signal_name))  # delivered as from outside
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

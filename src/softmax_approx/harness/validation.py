@@ -102,7 +102,7 @@ def _check_training_knobs(cfg: DictConfig) -> None:
     _optional_int(cfg, "trainer.check_val_every_n_epoch", 1)
     _optional_int(cfg, "trainer.log_every_n_steps", 1)
     _optional_int(cfg, "trainer.accumulate_grad_batches", 1)
-    for key in ("fault.fail_at_step", "fault.nan_at_step"):
+    for key in ("fault.fail_at_step", "fault.nan_at_step", "fault.nan_grad_at_step", "fault.signal_at_step"):
         _optional_int(cfg, key, 0)
     ckpt = cfg.get("ckpt_path")
     if ckpt is not None and not Path(str(ckpt)).is_file():
