@@ -220,3 +220,43 @@ def test_lock_is_released_on_exit_and_refused_while_held(tmp_path):
             RunLock(tmp_path).acquire()
     RunLock(tmp_path).acquire().release()
     assert is_launching_rank({}) and is_launching_rank({"LOCAL_RANK": "0"}) and not is_launching_rank({"RANK": "1"})
+
+
+# ----------------------------------------------------------------------- real CLI (slow)
+def _env() -> dict:
+    return {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.slow
+def test_cli_sigterm_mid_run_exits_75_then_the_same_command_resumes_to_the_same_metrics(tmp_path, data_dir):
+    """A real ``softmax-approx-train`` process gets SIGTERM from outside (as from a scheduler) as
+    soon as its first step checkpoint exists; it writes last.ckpt at the step it is at, says
+    ``preempted`` and exits 75; the same command resumes there and ends with exactly the
+    metrics of an uninterrupted run."""
+    cmd = [sys.executable, "-m", "softmax_approx.train", *TINY, *EPOCHS3, "trainer.limit_train_batches=null",
+           "callbacks.last_checkpoint.every_n_train_steps=2", f"paths.data_dir={data_dir}"]
+    ref = subprocess.run([*cmd, f"hydra.run.dir={tmp_path / 'ref'}"], env=_env(), capture_output=True, text=True,
+                         timeout=300)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    run = tmp_path / "run"
+    proc = subprocess.Popen([*cmd, f"hydra.run.dir={run}"], env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    last = last_checkpoint(run)
+    deadline = time.time() + 240
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("preempted: ")
+    rec = load_results(run / "results.json")
+    assert rec["status"] == "preempted"
+    stopped = _ckpt(last)["global_step"]
+    assert 2 <= stopped <= 30
+
+    again = subprocess.run([*cmd, f"hydra.run.dir={run}"], env=_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    a, b = load_results(tmp_path / "ref" / "results.json"), load_results(run / "results.json")
+    assert b["status"] == "completed" and b["resumed_from"] == str(last)
+    assert b["metrics"] == a["metrics"]  # exact equality (trainer.deterministic=true, CPU)
+    print(f"stopped at step {stopped} of 30")
