@@ -206,3 +206,31 @@ def test_reproduce_checks_the_data_dir_once_and_prints_why_runs_failed(env, monk
 
 
 TINY_NO_LOGGER = [a for a in __import__("conftest").TINY if a != "logger=none"]
+
+
+@pytest.mark.slow
+def test_real_sweep_rerun_in_another_order_writes_no_swapped_labels(tmp_path, data_dir):
+    """The real CLI: ``-m attention=eager,paper`` into a fixed sweep dir, then the same sweep
+    with the values swapped. Every job is refused (exit 1, reasons in the summary); every
+    completed record keeps its own label and metrics."""
+    import subprocess
+    import sys
+
+    from conftest import TINY
+    from test_reliability import _env
+
+    def sweep(values: str) -> subprocess.CompletedProcess:
+        args = [*TINY, f"paths.data_dir={data_dir}", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"attention={values}"]
+        return subprocess.run([sys.executable, "-m", "softmax_approx.train", "-m", *args], env=_env(),
+                              capture_output=True, text=True, timeout=600)
+
+    first = sweep("eager,paper")
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = {j: (tmp_path / "sweep" / j / "results.json").read_text() for j in ("0", "1")}
+    assert [json.loads(before[j])["policy"] for j in ("0", "1")] == ["eager", "paper"]
+    again = sweep("paper,eager")
+    assert again.returncode == 1
+    assert {j: (tmp_path / "sweep" / j / "results.json").read_text() for j in ("0", "1")} == before
+    summary = json.loads((tmp_path / "sweep" / "sweep_summary.json").read_text())
+    assert {j: v["status"] for j, v in summary["jobs"].items()} == {"0": "refused", "1": "refused"}
+    assert all("different config (attention" in v["error"] for v in summary["jobs"].values())

@@ -120,19 +120,3 @@ def resolve_cache_dir(data_dir: str | Path, cache_dir: str | Path | None = None)
         return local
     return default_user_cache()
 
-
-def input_signature(paths: list[Path]) -> list[tuple[str, int, int]]:
-    """(name, size, mtime_ns) of each input; folders are summarised by their tree."""
-    sig = []
-    for p in paths:
-        if p.is_dir():
-            n, size, mtime = 0, 0, 0
-            for f in p.rglob("*"):
-                if f.is_file():
-                    st = f.stat()
-                    n, size, mtime = n + 1, size + st.st_size, max(mtime, st.st_mtime_ns)
-            sig.append((p.name, size * 1000003 + n, mtime))
-        else:
-            st = p.stat()
-            sig.append((p.name, st.st_size, st.st_mtime_ns))
-    return sig
