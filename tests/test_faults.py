@@ -167,11 +167,18 @@ def test_truncated_last_checkpoint_is_one_line(tmp_path, data_dir):
 
 
 def test_read_only_run_dir_is_one_line_and_noted_for_the_summary(tmp_path, data_dir, monkeypatch):
-    def read_only(self, data):
-        raise OSError(errno.EROFS, "Read-only file system", str(self))
+    import os
 
-    monkeypatch.setattr(Path, "write_bytes", read_only)
+    real_open = os.open
+
+    def read_only(path, flags, *a, **k):  # a read-only mount (root ignores chmod, so simulated)
+        if str(path).startswith(str(tmp_path / "run")) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *a, **k)
+
+    (tmp_path / "run").mkdir()
     cfg = compose_cfg([], tmp_path / "run", data_dir)
+    monkeypatch.setattr(os, "open", read_only)
     with pytest.raises(ConfigError, match=r"hydra\.run\.dir='.*run': cannot write there \(Read-only file system\)"):
         train_mod.train(cfg)
     sweep_mod.note_failure(tmp_path / "run", "ConfigError: read-only")

@@ -64,6 +64,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     """:func:`_train` holding the run directory's lock (harness/run_lock.py): a second command
     on a run dir in use stops at once (``RunDirLocked``, one line, exit 2)."""
     run_dir, _, _ = run_info(cfg)
+    if is_launching_rank():
+        rundir.check_writable(run_dir)  # a read-only run dir is one line, not the lock's OSError
     lock = RunLock(run_dir).acquire() if is_launching_rank() else None
     try:
         return _train(cfg)

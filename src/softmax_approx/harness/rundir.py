@@ -59,7 +59,7 @@ def check_writable(run_dir: str | Path) -> None:
     probe = run_dir / f".write_probe.{os.getpid()}"
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         probe.unlink()
     except OSError as e:
         raise ConfigError(f"hydra.run.dir={str(run_dir)!r}: cannot write there ({e.strerror or e}); "
