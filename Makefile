@@ -15,6 +15,10 @@ DATA_ARG = $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 PYTEST_ARGS ?=
 # extra flags for `make reproduce`, e.g. REPRO_ARGS="--only memory --jobs 2"
 REPRO_ARGS ?=
+# where `make reproduce` runs: local | slurm | submitit_local (docs/scaleout.md); SLURM resources
+# from the profile, overridden with e.g. SLURM_ARGS="--slurm partition=gpu --slurm time=600"
+LAUNCHER ?= local
+SLURM_ARGS ?=
 
 .DEFAULT_GOAL := help
 
@@ -51,7 +55,7 @@ data: setup ## download every dataset into DATA_DIR (default: the user data cach
 	$(PY) -m softmax_approx.data download all $(DATA_ARG)
 
 reproduce: setup ## run every experiment of PROFILE into OUT, then render tables and figures
-	$(PY) -m softmax_approx.reproduce run --profile $(PROFILE) --out $(OUT) $(DATA_ARG) --fetch-data $(REPRO_ARGS)
+	$(PY) -m softmax_approx.reproduce run --profile $(PROFILE) --out $(OUT) $(DATA_ARG) --fetch-data --launcher $(LAUNCHER) $(SLURM_ARGS) $(REPRO_ARGS)
 
 tables: setup ## re-render OUT/tables and OUT/figures from existing results.json files
 	$(PY) -m softmax_approx.report --out $(OUT)

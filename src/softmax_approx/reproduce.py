@@ -136,7 +136,7 @@ def _env(jobs: int) -> dict[str, str]:
     return env
 
 
-def _start(job: Job, cmd: list[str], env: dict[str, str]) -> None:
+def _start(job: Job, cmd: list[str], env: dict[str, str], launcher: Any = None) -> None:
     job.run_dir.mkdir(parents=True, exist_ok=True)
     res = job.run_dir / "results.json"
     if res.exists():  # a failed/crashed attempt: keep it beside, never mistake it for this one
@@ -144,8 +144,11 @@ def _start(job: Job, cmd: list[str], env: dict[str, str]) -> None:
     job.log = open(job.run_dir / LOG_NAME, "w", encoding="utf-8")
     job.log.write("$ " + " ".join(cmd) + "\n")
     job.log.flush()
-    job.proc = subprocess.Popen(cmd, stdout=job.log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+    if launcher is not None:  # slurm / submitit_local (harness/launch.py): same command, a submitit job
+        job.proc = launcher.submit(cmd, env, job.run_dir / LOG_NAME)
+    else:
+        job.proc = subprocess.Popen(cmd, stdout=job.log, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True)
     job.started = time.monotonic()
 
 
@@ -190,8 +193,9 @@ def _profile_of(spec: RunSpec) -> str | None:
 
 
 def execute(jobs: list[Job], data_dir: str, n_parallel: int = 1, progress: Progress | None = None,
-            train_command: list[str] | None = None, run_timeout: float = 0) -> None:
-    """Run `jobs` with at most `n_parallel` at a time; a failure never stops the others."""
+            train_command: list[str] | None = None, run_timeout: float = 0, launcher: Any = None) -> None:
+    """Run `jobs` with at most `n_parallel` at a time; a failure never stops the others.
+    ``launcher`` (harness/launch.py) submits each run as a submitit job instead of a subprocess."""
     train_command = list(train_command or TRAIN_COMMAND)
     progress = progress or Progress(len(jobs))
     env = _env(n_parallel)
@@ -200,7 +204,7 @@ def execute(jobs: list[Job], data_dir: str, n_parallel: int = 1, progress: Progr
         while queue or live:
             while queue and len(live) < max(1, n_parallel):
                 job = queue.popleft()
-                _start(job, _command(job, data_dir, train_command), env)
+                _start(job, _command(job, data_dir, train_command), env, launcher)
                 live.append(job)
                 progress.running += 1
                 progress.line("started", job)
@@ -225,8 +229,12 @@ def execute(jobs: list[Job], data_dir: str, n_parallel: int = 1, progress: Progr
         raise
 
 
-def _kill(proc: subprocess.Popen) -> None:
+def _kill(proc: Any) -> None:
     import signal
+
+    if hasattr(proc, "cancel"):  # a submitit job (harness.launch.SubmittedRun)
+        proc.cancel()
+        return
 
     try:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -293,7 +301,8 @@ def _manifest(out: Path, profile: str, data_dir: str, only: list[str] | None,
 def run(profile: str, out: Path | str, data_dir: Path | str, only: list[str] | None = None,
         jobs: int = 1, dry_run: bool = False, exp_dir: Path | str | None = None,
         report: bool = True, train_command: list[str] | None = None, run_timeout: float = 0,
-        stream: Any = None, fetch_data: bool = False) -> int:
+        stream: Any = None, fetch_data: bool = False, launcher: str = "local",
+        slurm: list[str] | None = None) -> int:
     """Plan, skip completed, run the rest, render the report. Returns 0 if every run completed.
 
     ``fetch_data`` (``--fetch-data``; `make reproduce` sets it): download the planned tasks'
@@ -301,6 +310,11 @@ def run(profile: str, out: Path | str, data_dir: Path | str, only: list[str] | N
     fails."""
     stream = stream or sys.stdout
     out = Path(out).resolve()
+    from softmax_approx.harness.launch import make_launcher
+
+    engine = make_launcher(launcher, out, profile, slurm)  # None = local subprocesses
+    if launcher == "slurm":
+        jobs = max(jobs, 1 << 16)  # the cluster schedules: submit every run at once
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     exps = load_experiments(profile, exp_dir)
     plan = build_plan(exps, load_common(exp_dir), only)
@@ -334,7 +348,7 @@ def run(profile: str, out: Path | str, data_dir: Path | str, only: list[str] | N
     bench_failed = [e.name for e in benches if run_bench(e, out, stream, run_timeout) != "completed"]
     progress = Progress(len(todo), stream)
     try:
-        execute(todo, str(Path(data_dir).resolve()), jobs, progress, train_command, run_timeout)
+        execute(todo, str(Path(data_dir).resolve()), jobs, progress, train_command, run_timeout, engine)
     finally:
         _manifest(out, profile, str(data_dir), only, all_jobs, started)
     failed = [j for j in todo if j.status != "completed"]
@@ -364,6 +378,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--no-report", action="store_true", help="skip rendering tables and figures")
     r.add_argument("--fetch-data", action="store_true",
                    help="download the planned tasks' missing datasets first (make reproduce sets it)")
+    r.add_argument("--launcher", default="local", choices=("local", "slurm", "submitit_local"),
+                   help="where runs execute: local subprocesses (default), SLURM via submitit, or submitit's "
+                        "local executor (docs/scaleout.md)")
+    r.add_argument("--slurm", action="append", metavar="KEY=VALUE",
+                   help="override the profile's SLURM resources: partition, gpus, cpus, time (min), mem; repeatable")
     args = ap.parse_args(argv)
     try:
         if args.data_dir is None:
@@ -371,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
 
             args.data_dir = default_data_dir()
         return run(args.profile, args.out, args.data_dir, args.only, args.jobs, args.dry_run,
-                   args.experiments, not args.no_report, run_timeout=args.run_timeout, fetch_data=args.fetch_data)
+                   args.experiments, not args.no_report, run_timeout=args.run_timeout, fetch_data=args.fetch_data,
+                   launcher=args.launcher, slurm=args.slurm)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
