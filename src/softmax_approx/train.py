@@ -89,7 +89,6 @@ def _train(cfg: DictConfig) -> tuple[dict, dict]:
         print(f"{out_path}: run already completed; not training again (returning its recorded metrics; "
               "delete the directory or use another hydra.run.dir to retrain)")
         return decision.metrics, {"cfg": cfg, "record": decision.record, "skipped": True}
-    rundir.check_writable(run_dir)
     if decision.action == "resume":
         log.info("resuming %s from %s", run_dir, decision.ckpt_path)
     L.seed_everything(int(cfg.seed), workers=True)
