@@ -260,3 +260,28 @@ def test_cli_sigterm_mid_run_exits_75_then_the_same_command_resumes_to_the_same_
     assert b["status"] == "completed" and b["resumed_from"] == str(last)
     assert b["metrics"] == a["metrics"]  # exact equality (trainer.deterministic=true, CPU)
     print(f"stopped at step {stopped} of 30")
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_preempted_mid_epoch_resume_on_two_to_the_same_metrics(tmp_path, data_dir):
+    """2 gloo processes; rank 0 gets SIGTERM before step 6 (mid-epoch 1); both ranks agree,
+    last.ckpt is written at step 7 with each rank's data position; the same command resumes on 2
+    processes and ends with exactly the uninterrupted 2-process run's metrics."""
+    env = {k: v for k, v in _env().items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE")}
+    cmd = [sys.executable, "-m", "softmax_approx.train", *TINY, *EPOCHS3, "trainer=ddp", "trainer.accelerator=cpu",
+           "trainer.devices=2", f"paths.data_dir={data_dir}"]
+    ref = subprocess.run([*cmd, f"hydra.run.dir={tmp_path / 'ref'}"], env=env, capture_output=True, text=True,
+                         timeout=400)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    run = tmp_path / "run"
+    first = subprocess.run([*cmd, f"hydra.run.dir={run}", "fault.signal_at_step=6"], env=env, capture_output=True,
+                           text=True, timeout=400)
+    assert first.returncode == EXIT_PREEMPTED, first.stderr[-3000:]
+    assert load_results(run / "results.json")["status"] == "preempted"
+    ck = _ckpt(last_checkpoint(run))
+    assert (ck["epoch"], ck["global_step"]) == (1, 7)
+    again = subprocess.run([*cmd, f"hydra.run.dir={run}"], env=env, capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, again.stderr[-3000:]
+    a, b = load_results(tmp_path / "ref" / "results.json"), load_results(run / "results.json")
+    assert b["status"] == "completed" and b["resumed_from"] == str(last_checkpoint(run))
+    assert b["metrics"] == a["metrics"]
