@@ -157,13 +157,19 @@ def test_bad_value_reason_is_kept_in_results_and_sweep_summary(overrides, patter
     assert re.search(pattern, sweep_mod.summarize(sweep).jobs["0"]["error"])
 
 
-def test_truncated_last_checkpoint_is_one_line(tmp_path, data_dir):
-    run = tmp_path / "run"
+def test_truncated_last_checkpoint_is_one_line_and_its_reason_kept(tmp_path, data_dir):
+    sweep = tmp_path / "sweep"
+    run = sweep / "0"
     _crashed_run(run, data_dir)
     last = last_checkpoint(run)
     last.write_bytes(last.read_bytes()[:1000])
-    with pytest.raises(ConfigError, match=r"last\.ckpt'?: not a readable PyTorch checkpoint .*truncated"):
+    pattern = r"last\.ckpt'?: not a readable PyTorch checkpoint .*truncated"
+    with pytest.raises(ConfigError, match=pattern):
         train_mod.train(compose_cfg(EPOCHS3, run, data_dir))
+    # in a sweep: the run's own (failed) record now says why, and so does the summary
+    assert train_mod.run_job(_as_multirun_job(compose_cfg(EPOCHS3, run, data_dir), sweep, 0)) is None
+    assert re.search(pattern, load_results(run / "results.json")["error"])
+    assert re.search(pattern, sweep_mod.summarize(sweep).jobs["0"]["error"])
 
 
 def test_read_only_run_dir_is_one_line_and_noted_for_the_summary(tmp_path, data_dir, monkeypatch):

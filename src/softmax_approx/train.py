@@ -47,7 +47,7 @@ from softmax_approx.harness.job import (
 )
 from softmax_approx.harness.measure import run_stats
 from softmax_approx.harness.results import jsonable, new_record, resolved_config, results_path, write_results
-from softmax_approx.harness.resume import check_tokenizer, decide, read_record
+from softmax_approx.harness.resume import belongs_to, check_tokenizer, decide, read_record
 from softmax_approx.harness import rundir
 from softmax_approx.harness.validation import validate_config
 from softmax_approx.utils.errors import UserError, one_line
@@ -244,10 +244,14 @@ def _record_failure(cfg: DictConfig, e: BaseException) -> None:
     sweep_summary.note_failure(run_dir, error)
     path = results_path(run_dir)
     rec = read_record(path)
-    if rec is not None and rec.get("status") == "failed":
+    if rec is not None and rec.get("status") == "failed" and rec.get("error") == error:
         return  # train() recorded it
-    if rec is not None or rundir.read_fingerprint(run_dir) is not None:
-        # the directory holds another run (e.g. a refused rerun): keep it, say why elsewhere
+    try:
+        config = jsonable(resolved_config(cfg))
+    except Exception:  # noqa: BLE001 - the config itself may be what is broken
+        config = None
+    if not belongs_to(run_dir, config):
+        # the directory holds a completed or another config's run: keep it, say why elsewhere
         rundir.write_job_error(run_dir, error)
         return
     try:

@@ -141,6 +141,23 @@ def decide(run_dir: str | Path, config: dict, explicit_ckpt: str | None = None) 
                           previous_tokenizer=previous_tok)
 
 
+def belongs_to(run_dir: str | Path, config: dict | None) -> bool:
+    """Whether a failed job with ``config`` may write its ``failed`` record into ``run_dir``:
+    never over a completed run, nor over another config's record or fingerprint; ``config``
+    None (it could not be resolved) owns only an empty directory."""
+    run_dir = Path(run_dir)
+    record = read_record(run_dir / "results.json")
+    stored = read_fingerprint(run_dir)
+    if record is None and stored is None:
+        return True
+    if config is None or (record is not None and record.get("status") == "completed"):
+        return False
+    config = json.loads(json.dumps(config, default=str))
+    if stored is not None and stored.get("config_sha256") != config_sha256(config, IGNORED_KEYS):
+        return False
+    return record is None or not config_differences(record.get("config"), config)
+
+
 def check_tokenizer(run_dir: str | Path, decision: ResumeDecision, tokenizer_sha256: str | None) -> None:
     """Refuse to resume with a tokenizer other than the one the run trained with (a retrained or
     changed tokenizer permutes the ids the checkpoint's embeddings were trained on)."""
