@@ -9,6 +9,7 @@ run dir holds                               decision
 results.json ``completed``                  ``skip``: print one line, return its metrics
 ``checkpoints/last.ckpt`` (not completed)   ``resume`` from it (or from ``ckpt_path=``)
 nothing of the above                        ``fresh``
+another config's run, or another tokenizer  refused (ConfigError, one line)
 ==========================================  ==============================================
 
 A previous run with a different configuration in the same directory is refused (ConfigError
