@@ -49,10 +49,17 @@ def resources(profile: str, overrides: list[str] | None = None) -> dict[str, Any
 
 def run_command(cmd: list[str], env: dict[str, str], log_path: str) -> int:
     """What a submitted job runs: the training command, its output appended to the run's log."""
+    from softmax_approx.harness.preemption import EXIT_PREEMPTED
+
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"# submitit job {os.environ.get('SLURM_JOB_ID', os.getpid())}\n")
         log.flush()
-        return subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
+        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
+    if rc == EXIT_PREEMPTED and os.environ.get("SLURM_JOB_ID"):
+        # the training requeued this job: wait for SLURM to stop it, so no result is written and
+        # the poller keeps waiting for the requeued attempt
+        time.sleep(600)
+    return rc
 
 
 @dataclass

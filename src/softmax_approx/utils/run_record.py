@@ -62,7 +62,7 @@ class RunRecord:
     (``resumed_from``, translation's ``test_split``/signatures/samples, ``reproduce``'s
     ``returncode``/``stderr_tail``, eval's ``evaluated``); they are written at the top level."""
 
-    status: str = "running"            # running | completed | failed
+    status: str = "running"            # running | completed | failed | preempted (SIGTERM/SIGUSR1)
     error: str | None = None           # one line when failed
     task: str | None = None
     task_kind: str | None = None
