@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import textwrap
 
 import pytest
 
@@ -13,8 +14,6 @@ from softmax_approx import reproduce
 from softmax_approx.harness.launch import SLURM_OVERRIDES, launch_command, resources, sbatch_text
 from softmax_approx.utils.errors import ConfigError
 from test_reproduce_e2e import TINY, write_sst2
-
-import textwrap
 
 
 def _defs(tmp_path):
@@ -38,6 +37,7 @@ def _metrics(out):
             (json.loads(p.read_text()) for p in sorted((out / "runs").rglob("results.json")))}
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher_gives_the_local_tables(tmp_path):
     data = tmp_path / "data"
     write_sst2(data, n_train=96, n_dev=16)
