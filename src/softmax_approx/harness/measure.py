@@ -217,11 +217,16 @@ def probe(pl_module: Any, batch: dict, step: int = 0) -> dict:
 
     Dropout is disabled during the probe (the net is put in eval mode), so both passes see the
     same function and the difference is the policy's alone; parameter gradients and the
-    training RNG stream are left untouched.
+    training RNG stream are left untouched. The attention modules themselves stay in training
+    mode with their dropout set to 0: ``core.attention`` with ``training=False`` and gradients
+    gives exact (``recompute``) gradients, which would hide the policy from the probe.
     """
     net = pl_module.net
     was_training = net.training
     net.eval()
+    attn = [(m, m.dropout) for m in net.modules() if isinstance(m, MultiHeadAttention)]
+    for m, _ in attn:
+        m.training, m.dropout = True, 0.0
     device = pl_module.device
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -229,6 +234,8 @@ def probe(pl_module: Any, batch: dict, step: int = 0) -> dict:
             with use_policy(net, "exact"):
                 exact = _attention_input_grads(pl_module, batch)
     finally:
+        for m, p in attn:
+            m.dropout = p
         net.train(was_training)
     layers = {}
     for name, g in approx.items():
