@@ -40,15 +40,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import statistics
 import sys
-import time
 
 import torch
 
 from ..core import ActivationMeter, attention, make_policy
-from ..utils.atomic import write_text
 from ..utils.errors import one_line
+from ._common import add_output_args, median_seconds, sync, write_outputs
 
 DEFAULT_POLICIES = ("eager", "exact", "paper:S=5", "topk:keep_ratio=0.125", "quant:bits=8", "quant:bits=4", "recompute", "sdpa")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -78,24 +76,6 @@ def make_qkv(batch, heads, n, head_dim, logits, dtype, device, seed):
 def autocast(device: torch.device, amp: str | None):
     """`torch.autocast` to the `amp` dtype on `device`, or nothing when amp is None."""
     return torch.autocast(device.type, dtype=DTYPES[amp]) if amp else contextlib.nullcontext()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_seconds(step, repeats: int, device: torch.device, warmup: int = 1) -> float:
-    """Median wall time of `step()` over `repeats` calls after `warmup` untimed ones."""
-    times = []
-    for i in range(warmup + repeats):
-        _sync(device)
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _leaves(q, k, v):
@@ -147,11 +127,11 @@ def peak_bytes(q, k, v, dropout_p, name, params, amp=None) -> int | None:
     fn = lambda *t: attention(*t, dropout_p=dropout_p, policy=name, **params)  # noqa: E731
     step = fwd_bwd_step(fn, q, k, v, amp)
     step()                                                      # warm-up: workspaces, autotuning
-    _sync(q.device)
+    sync(q.device)
     torch.cuda.reset_peak_memory_stats(q.device)
     base = torch.cuda.memory_allocated(q.device)
     step()
-    _sync(q.device)
+    sync(q.device)
     return torch.cuda.max_memory_allocated(q.device) - base
 
 
@@ -340,8 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time torch.compile(fullgraph=True) forward+backward per policy (compiled_time_ratio)")
     p.add_argument("--compile-backend", default="inductor",
                    help="torch.compile backend for --compile (aot_eager: tracing only, no code generation)")
-    p.add_argument("--json", help="write the records to this JSON file (atomically)")
-    p.add_argument("--markdown", help="write a markdown table to this file")
+    add_output_args(p)
     return p
 
 
@@ -370,10 +349,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{' compile' if args.compile else ''}", flush=True)
     print(HEADER, flush=True)
     records = run(args)
-    if args.json:
-        write_text(args.json, json.dumps(records, indent=1))
-    if args.markdown:
-        write_text(args.markdown, markdown_table(records) + "\n")
+    write_outputs(args, records, markdown_table(records) + "\n")
     return 0
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ..utils.atomic import write_text
+from ._common import add_output_args, write_outputs
 
 #: Source/target lengths in BPE tokens of the official test sets, one (src, tgt) pair per
 #: percentile: the pairs sorted by (src, tgt) and the one at rank floor((i + 0.5) * N / 100)
@@ -210,8 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--override", action="append", help="KEY=VALUE Translator argument over the preset, repeatable")
     p.add_argument("--ckpt", help="a training run's checkpoint (<run>/checkpoints/*.ckpt) instead of the presets")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", help="write the records to this JSON file (atomically)")
-    p.add_argument("--markdown", help="write a markdown table to this file")
+    add_output_args(p)
     return p
 
 
@@ -226,8 +225,5 @@ def main(argv: list[str] | None = None) -> int:
         records = run(args)
     except ValueError as err:
         parser.error(str(err))
-    if args.json:
-        write_text(args.json, json.dumps(records, indent=1) + "\n")
-    if args.markdown:
-        write_text(args.markdown, markdown_table(records))
+    write_outputs(args, records, markdown_table(records))
     return 0

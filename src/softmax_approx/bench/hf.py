@@ -20,15 +20,12 @@ backward pass per implementation (slow at BERT-base size on a CPU).
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
-import time
 
 import torch
 
 from ..core import ActivationMeter
-from ..utils.atomic import write_text
+from ._common import add_output_args, median_seconds, write_outputs
 from .attention import parse_policy
 
 #: name -> (Transformers model_type, config keys)
@@ -74,14 +71,11 @@ def measure(model, inputs) -> dict:
 
 
 def time_fwd_bwd(model, inputs, repeats: int) -> float:
-    times = []
-    for i in range(repeats + 1):
-        start = time.perf_counter()
+    def step():
         _loss(model, inputs).backward()
-        if i:  # the first call is warm-up
-            times.append(time.perf_counter() - start)
         model.zero_grad(set_to_none=True)
-    return statistics.median(times)
+
+    return median_seconds(step, repeats, torch.device("cpu"))
 
 
 def param_grads(model, inputs) -> torch.Tensor:
@@ -176,8 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--fidelity", action="store_true", help="also the parameter-gradient cosine against exact")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", help="write the records to this JSON file (atomically)")
-    p.add_argument("--markdown", help="write a markdown table to this file")
+    add_output_args(p)
     return p
 
 
@@ -200,10 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {args.model} batch={args.batch} seq_len={args.seq_len} train mode (dropout on) cpu fp32 "
           f"threads={torch.get_num_threads()} torch={torch.__version__}", flush=True)
     records = run(args)
-    if args.json:
-        write_text(args.json, json.dumps(records, indent=1))
-    if args.markdown:
-        write_text(args.markdown, markdown_table(records) + "\n")
+    write_outputs(args, records, markdown_table(records) + "\n")
     return 0
 
 
