@@ -210,12 +210,8 @@ def read_parallel(src_path: str | Path, tgt_path: str | Path, *, task: str) -> l
 
 
 # --------------------------------------------------------------------------- seeded splits
-def holdout_split(n: int, size: int | float, seed: int, *, what: str) -> tuple[list[int], list[int]]:
-    """Split ``range(n)`` into (kept, held_out) index lists, both in ascending order.
-
-    ``size`` is a count (int >= 1) or a fraction in (0, 1). The permutation comes from
-    ``random.Random(seed)``, so the split is the same on every machine and Python version.
-    """
+def _holdout_count(size: int | float, n: int, *, what: str, unit: str = "rows", whole: str = "rows") -> int:
+    """How many of ``n`` items ``val_size`` holds out: a count (int) or a fraction in (0, 1)."""
     if isinstance(size, float) and not isinstance(size, bool):
         if not 0.0 < size < 1.0:
             raise DataError(f"val_size={size}: a fraction must lie in (0, 1) for {what}")
@@ -223,7 +219,17 @@ def holdout_split(n: int, size: int | float, seed: int, *, what: str) -> tuple[l
     else:
         k = int(size)
     if not 1 <= k < n:
-        raise DataError(f"val_size={size}: must be between 1 and {n - 1} rows for {what} ({n} rows)")
+        raise DataError(f"val_size={size}: must be between 1 and {n - 1} {whole} for {what} ({n} {unit})")
+    return k
+
+
+def holdout_split(n: int, size: int | float, seed: int, *, what: str) -> tuple[list[int], list[int]]:
+    """Split ``range(n)`` into (kept, held_out) index lists, both in ascending order.
+
+    ``size`` is a count (int >= 1) or a fraction in (0, 1). The permutation comes from
+    ``random.Random(seed)``, so the split is the same on every machine and Python version.
+    """
+    k = _holdout_count(size, n, what=what)
     perm = list(range(n))
     random.Random(seed).shuffle(perm)
     held = sorted(perm[:k])
@@ -281,14 +287,7 @@ def sentence_holdout(texts: Sequence[str], size: int | float, seed: int, *, what
         inside.discard(text)
     sentences.sort()
     n = len(sentences)
-    if isinstance(size, float) and not isinstance(size, bool):
-        if not 0.0 < size < 1.0:
-            raise DataError(f"val_size={size}: a fraction must lie in (0, 1) for {what}")
-        k = max(1, round(n * size))
-    else:
-        k = int(size)
-    if not 1 <= k < n:
-        raise DataError(f"val_size={size}: must be between 1 and {n - 1} whole sentences for {what} ({n} sentences)")
+    k = _holdout_count(size, n, what=what, unit="sentences", whole="whole sentences")
     rng = random.Random(seed)
     held_texts = set(rng.sample(sentences, k))
     leaked = set().union(*(_token_spans(t) for t in held_texts))
