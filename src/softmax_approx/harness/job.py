@@ -15,6 +15,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from softmax_approx.harness.rundir import load_checkpoint
 from softmax_approx.utils.errors import ConfigError
 from softmax_approx.utils.run_record import RunRecord
 
@@ -40,23 +41,12 @@ def float_metrics(metrics: dict) -> dict:
 
 def check_checkpoint(path: Any, key: str = "ckpt_path") -> Path:
     """``path`` as a Lightning checkpoint file, or one ConfigError line saying what it is not."""
-    import torch
-
     if path is None or str(path) == "":
         raise ConfigError(f"{key} is required: give {key}=PATH/TO/<run dir>/checkpoints/<name>.ckpt")
-    p = Path(str(path))
-    if not p.is_file():
-        raise ConfigError(f"{key}={str(path)!r}: no such checkpoint file; give an existing .ckpt "
-                          "(a run's checkpoints/ folder holds best-*.ckpt and last.ckpt)")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=False)  # a checkpoint the user made
-    except Exception as e:  # noqa: BLE001 - pickle, zip and torch raise many types
-        raise ConfigError(f"{key}={str(path)!r}: not a PyTorch checkpoint ({type(e).__name__}); "
-                          "give a .ckpt written by softmax-approx-train") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ConfigError(f"{key}={str(path)!r}: not a Lightning checkpoint (no state_dict); "
-                          "give a .ckpt written by softmax-approx-train")
-    return p
+    load_checkpoint(path, key,
+                    missing="give an existing .ckpt (a run's checkpoints/ folder holds best-*.ckpt and last.ckpt)",
+                    unreadable="not a PyTorch checkpoint ({error}); give a .ckpt written by softmax-approx-train")
+    return Path(str(path))
 
 
 def run_test(trainer: L.Trainer, module: Any, datamodule: Any, ckpt_path: str | None, record: RunRecord) -> dict:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from softmax_approx.harness.callbacks import LAST_NAME
-from softmax_approx.harness.rundir import CKPT_KEY, FINGERPRINT_FILE, config_sha256, read_fingerprint
+from softmax_approx.harness.rundir import CKPT_KEY, FINGERPRINT_FILE, config_sha256, load_checkpoint, read_fingerprint
 from softmax_approx.utils.errors import ConfigError
 from softmax_approx.utils.run_record import read_results
 
@@ -93,19 +93,10 @@ def _refuse(run_dir: Path, status: Any, detail: str) -> ConfigError:
 def checkpoint_fingerprint(path: str | Path, key: str = "ckpt_path") -> dict:
     """Open the checkpoint at ``path``: its fingerprint ({} for one written before
     fingerprints), or one ConfigError line when it is not a readable Lightning checkpoint."""
-    import torch
-
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{key}={str(path)!r}: no such checkpoint file; give an existing .ckpt or ckpt_path=null")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as e:  # noqa: BLE001 - pickle, zip and torch raise many types
-        raise ConfigError(f"{key}={str(path)!r}: not a readable PyTorch checkpoint ({type(e).__name__}; truncated?); "
-                          "give a .ckpt written by softmax-approx-train, or delete it to start the run over") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ConfigError(f"{key}={str(path)!r}: not a Lightning checkpoint (no state_dict); "
-                          "give a .ckpt written by softmax-approx-train")
+    ckpt = load_checkpoint(
+        path, key, mmap=True, missing="give an existing .ckpt or ckpt_path=null",
+        unreadable="not a readable PyTorch checkpoint ({error}; truncated?); give a .ckpt written by "
+                   "softmax-approx-train, or delete it to start the run over")
     return dict((ckpt.get("callbacks") or {}).get(CKPT_KEY) or {})
 
 

@@ -66,6 +66,24 @@ def check_writable(run_dir: str | Path) -> None:
                           "choose a writable hydra.run.dir (or hydra.sweep.dir)") from None
 
 
+def load_checkpoint(path: Any, key: str, *, missing: str, unreadable: str, mmap: bool = False) -> dict:
+    """The Lightning checkpoint dict at ``path``, or one ConfigError line naming ``key`` with the
+    fix: ``missing`` (no such file) or ``unreadable`` (torch.load failed; ``{error}`` = its type)."""
+    import torch
+
+    p = Path(str(path))
+    if not p.is_file():
+        raise ConfigError(f"{key}={str(path)!r}: no such checkpoint file; {missing}")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=False, mmap=mmap)  # a checkpoint the user made
+    except Exception as e:  # noqa: BLE001 - pickle, zip and torch raise many types
+        raise ConfigError(f"{key}={str(path)!r}: {unreadable.format(error=type(e).__name__)}") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ConfigError(f"{key}={str(path)!r}: not a Lightning checkpoint (no state_dict); "
+                          "give a .ckpt written by softmax-approx-train")
+    return ckpt
+
+
 class FingerprintState(L.Callback):
     """Puts the run's fingerprint into every checkpoint (Lightning saves a callback's
     ``state_dict`` under its ``state_key``); loading is a no-op, the check is done earlier."""
