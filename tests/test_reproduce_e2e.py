@@ -20,14 +20,14 @@ TINY = ["logger=none", "model.d_model=16", "model.n_heads=2", "model.n_layers=1"
         "timing.skip_steps=0", "probe.every_n_steps=2"]
 
 
-def test_reproduce_two_real_runs(tmp_path):
-    data = tmp_path / "data"
-    write_sst2(data, n_train=96, n_dev=16)
+def write_defs(tmp_path, overrides=TINY):
+    """experiments/ with a ``smoke`` profile (``overrides``) and one memory experiment: eager and
+    paper S=2 on sst2, seed 0."""
     defs = tmp_path / "experiments"
     defs.mkdir()
     (defs / "_common.yaml").write_text(
         "task_kinds: {sst2: classification}\nprofiles:\n  smoke:\n    overrides:\n"
-        + "".join(f"      - {o}\n" for o in TINY))
+        + "".join(f"      - {o}\n" for o in overrides))
     (defs / "memory.yaml").write_text(textwrap.dedent("""\
         name: memory
         kind: memory
@@ -35,6 +35,13 @@ def test_reproduce_two_real_runs(tmp_path):
         policies: [eager, {name: paper, grid: {S: [2]}}]
         seeds: [0]
         """))
+    return defs
+
+
+def test_reproduce_two_real_runs(tmp_path):
+    data = tmp_path / "data"
+    write_sst2(data, n_train=96, n_dev=16)
+    defs = write_defs(tmp_path)
     out = tmp_path / "out"
     buf = io.StringIO()
     rc = reproduce.run("smoke", out, data, jobs=2, exp_dir=defs, stream=buf)

@@ -6,30 +6,13 @@ from __future__ import annotations
 import io
 import json
 import re
-import textwrap
 
 import pytest
 
 from softmax_approx import reproduce
 from softmax_approx.harness.launch import SLURM_OVERRIDES, launch_command, resources, sbatch_text
 from softmax_approx.utils.errors import ConfigError
-from test_reproduce_e2e import TINY, write_sst2
-
-
-def _defs(tmp_path):
-    defs = tmp_path / "experiments"
-    defs.mkdir()
-    (defs / "_common.yaml").write_text(
-        "task_kinds: {sst2: classification}\nprofiles:\n  smoke:\n    overrides:\n"
-        + "".join(f"      - {o}\n" for o in [*TINY, "trainer.deterministic=true"]))
-    (defs / "memory.yaml").write_text(textwrap.dedent("""\
-        name: memory
-        kind: memory
-        tasks: [sst2]
-        policies: [eager, {name: paper, grid: {S: [2]}}]
-        seeds: [0]
-        """))
-    return defs
+from test_reproduce_e2e import TINY, write_defs, write_sst2
 
 
 def _metrics(out):
@@ -41,7 +24,7 @@ def _metrics(out):
 def test_submitit_local_launcher_gives_the_local_tables(tmp_path):
     data = tmp_path / "data"
     write_sst2(data, n_train=96, n_dev=16)
-    defs = _defs(tmp_path)
+    defs = write_defs(tmp_path, [*TINY, "trainer.deterministic=true"])
     outs = {}
     for kind in ("local", "submitit_local"):
         out = tmp_path / kind
