@@ -12,7 +12,7 @@ One attention call (B, H, n, head_dim) per policy and sequence length, all in on
                               ``time_ratio_vs_sdpa`` the same over sdpa's (null without sdpa);
 * ``infer_time_ratio_vs_eager`` median gradient-free forward time (``torch.no_grad()``, inputs
                               not requiring grad, ``training=False``: validation, testing,
-                              decoding) over eager's gradient-free forward (eager: 1.0);
+                              decoding) over eager's, timed interleaved call by call (eager: 1.0);
 * ``peak_bytes_fwd_bwd``      CUDA only (null elsewhere): ``torch.cuda.max_memory_allocated``
                               during one forward+backward, minus what was allocated before it
                               (inputs), so the gradients of q, k, v are included;
@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import statistics
 import sys
 
 import torch
@@ -110,14 +111,27 @@ def time_fwd_bwd(q, k, v, dropout_p, name, params, repeats, amp=None):
     return median_seconds(fwd_bwd_step(fn, q, k, v, amp), repeats, q.device)
 
 
-def time_infer(q, k, v, dropout_p, name, params, repeats, amp=None):
-    """Gradient-free forward: no_grad, inputs not requiring grad, training=False."""
+def _infer_step(q, k, v, dropout_p, name, params, amp=None):
+    """One gradient-free forward: no_grad, inputs not requiring grad, training=False."""
     ins = [t.detach() for t in (q, k, v)]
 
     def step():
         with torch.no_grad(), autocast(q.device, amp):
             attention(*ins, dropout_p=dropout_p, policy=name, training=False, **params)
-    return median_seconds(step, repeats, q.device)
+    return step
+
+
+def time_infer(q, k, v, dropout_p, name, params, repeats, amp=None) -> tuple[float, float]:
+    """(median gradient-free forward seconds, the same over eager's), eager's calls interleaved
+    with this policy's: on a shared machine the load drifts between separately timed runs, and
+    these forwards are short, so only an interleaved ratio is stable enough to compare with 1.2."""
+    mine = _infer_step(q, k, v, dropout_p, name, params, amp)
+    eager = _infer_step(q, k, v, dropout_p, "eager", {}, amp)
+    ours, theirs = [], []
+    for _ in range(repeats):
+        ours.append(median_seconds(mine, 1, q.device))
+        theirs.append(median_seconds(eager, 1, q.device))
+    return statistics.median(ours), statistics.median(ours) / statistics.median(theirs)
 
 
 def peak_bytes(q, k, v, dropout_p, name, params, amp=None) -> int | None:
@@ -189,7 +203,7 @@ def measure(q, k, v, name: str, params: dict, args, compiled_cache: dict | None 
     cosine, rel_err = grad_fidelity(q, k, v, name, params, amp)
     rec = {
         "state_bytes": state, "attention_saved_bytes": module, "seconds_fwd_bwd": seconds,
-        "seconds_infer": time_infer(q, k, v, p, name, params, reps, amp),
+        **dict(zip(("seconds_infer", "infer_time_ratio_vs_eager"), time_infer(q, k, v, p, name, params, reps, amp))),
         "peak_bytes_fwd_bwd": peak_bytes(q, k, v, p, name, params, amp),
         "grad_cosine": cosine, "grad_rel_err": rel_err,
         "compiled_seconds_fwd_bwd": None, "compile_seconds_first_call": None,
@@ -234,7 +248,8 @@ def run(args) -> list[dict]:
                 rec["reduction_vs_eager"] = 1 - rec["state_bytes"] / eager["state_bytes"]
                 rec["module_reduction_vs_eager"] = 1 - rec["attention_saved_bytes"] / eager["attention_saved_bytes"]
                 rec["time_ratio_vs_eager"] = rec["seconds_fwd_bwd"] / eager["seconds_fwd_bwd"]
-                rec["infer_time_ratio_vs_eager"] = rec["seconds_infer"] / eager["seconds_infer"]
+                if name == "eager":  # by definition (its interleaved ratio is noise around 1)
+                    rec["infer_time_ratio_vs_eager"] = 1.0
                 exact = _base(records, rec, "exact") or (rec if name == "exact" and not params else None)
                 rec["reduction_vs_exact"] = None if exact is None else 1 - rec["state_bytes"] / exact["state_bytes"]
                 records.append(rec)
