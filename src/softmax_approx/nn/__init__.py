@@ -1,9 +1,9 @@
 """Modules built on the core: a MultiHeadAttention with a storage policy, and ``patch`` for the
 ``torch.nn.MultiheadAttention`` layers of existing models."""
 
-from .attention import MultiHeadAttention, set_attention_policy
+from .attention import MultiHeadAttention
 from .patch import PolicyMultiheadAttention, patch, unpatch
 from .policy_switch import policy_modules, use_policy
 
-__all__ = ["MultiHeadAttention", "set_attention_policy", "PolicyMultiheadAttention", "patch", "unpatch",
+__all__ = ["MultiHeadAttention", "PolicyMultiheadAttention", "patch", "unpatch",
            "use_policy", "policy_modules"]

@@ -138,13 +138,3 @@ def reorder_cache(cache: dict, order: torch.Tensor) -> None:
     for name, t in cache.items():
         if isinstance(t, torch.Tensor):
             cache[name] = t.index_select(0, order)
-
-
-def set_attention_policy(model: nn.Module, policy: str, policy_params: dict | None = None) -> list[str]:
-    """Set the policy of every MultiHeadAttention in `model`; returns the modules' names."""
-    names = []
-    for name, module in model.named_modules():
-        if isinstance(module, MultiHeadAttention):
-            module.set_policy(policy, policy_params)
-            names.append(name)
-    return names
