@@ -177,3 +177,26 @@ def test_packed_ranks_rebuild_bit_identically_to_unpacked_ranks(n):
     unpacked = (order.to(torch.int16), None, *state[2:])
     packed_rebuild = policy.restore(state, valid)
     torch.testing.assert_close(packed_rebuild, policy.restore(unpacked, valid), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("n", [7, 256, 300])
+def test_descending_order_is_fully_determined(dtype, n):
+    """One permutation for every sort backend: descending, ties by index, invalid entries last."""
+    from softmax_approx.core import ranks
+
+    g = torch.Generator().manual_seed(n)
+    # few distinct values, so that most entries tie; zeros among the valid ones
+    probs = torch.randint(0, 4, (6, n), generator=g).to(dtype) / 8
+    valid = torch.rand(6, n, generator=g) > 0.3
+    valid[0] = False                                            # an empty row
+    probs = probs.masked_fill(~valid, 0.0)
+    order = ranks.descending_order(probs, valid)
+    # reference: python's sort on (invalid, -value, index)
+    for row in range(6):
+        ref = sorted(range(n), key=lambda j: (not valid[row, j].item(), -probs[row, j].item(), j))
+        assert order[row].tolist() == ref
+    # the CPU fast path (NumPy) and the torch.sort path (CUDA, torch.compile) agree
+    key_path = torch.compile(ranks.descending_order, backend="eager", fullgraph=True)(probs, valid)
+    assert torch.equal(key_path, order)
+    assert torch.equal(ranks.descending_order(probs, None)[1:], ranks.descending_order(probs[1:], None))

@@ -221,3 +221,18 @@ def test_bench_experiment_runs_once_and_records_failure(env, tmp_path, monkeypat
     assert "| recompute | 1.000 | 50.0% | 40.0% |" in (env["out"] / "tables" / "bench.md").read_text()
     rc, text = go(env, only=["bench"])
     assert "exists, skipped" in text
+
+
+def test_task_filter_runs_one_task_now_and_the_rest_later(env):
+    from softmax_approx.utils.errors import UserError
+
+    rc, text = go(env, tasks=["sst2"])
+    assert rc == 0 and len(launched(env)) == N // 2
+    assert all("/sst2-" in d for d in launched(env))
+    assert f"{N // 2} left for later (--task sst2)" in text and "rerun without --task" in text
+    assert f"{N // 2}/{N} runs completed" in text
+    rc, text = go(env)  # the rest of the plan, the finished task skipped
+    assert rc == 0 and len(launched(env)) == N and all("/multi30k-" in d for d in launched(env)[N // 2:])
+    assert f"{N // 2} completed (skipped)" in text
+    with pytest.raises(UserError, match="--task imbd: no run of the plan has that task"):
+        go(env, tasks=["imbd"])

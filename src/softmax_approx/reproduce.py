@@ -1,7 +1,7 @@
 """`make reproduce`: experiment definitions -> training runs (resumable) -> tables and figures.
 
     python -m softmax_approx.reproduce run --profile smoke --out OUT --data-dir DIR
-        [--only memory] [--jobs 2] [--dry-run] [--run-timeout SECONDS] [--no-report]
+        [--only memory] [--task sst2] [--jobs 2] [--dry-run] [--run-timeout SECONDS] [--no-report]
 
 Every definition in experiments/ is expanded for the profile into runs (a run = a list of
 Hydra overrides). A run's directory is OUT/runs/<experiment>/<run key>, where the key is a
@@ -302,8 +302,12 @@ def run(profile: str, out: Path | str, data_dir: Path | str, only: list[str] | N
         jobs: int = 1, dry_run: bool = False, exp_dir: Path | str | None = None,
         report: bool = True, train_command: list[str] | None = None, run_timeout: float = 0,
         stream: Any = None, fetch_data: bool = False, launcher: str = "local",
-        slurm: list[str] | None = None) -> int:
+        slurm: list[str] | None = None, tasks: list[str] | None = None) -> int:
     """Plan, skip completed, run the rest, render the report. Returns 0 if every run completed.
+
+    ``tasks`` (``--task``): run only these tasks' missing runs now, e.g. the cheap ones first on
+    a small machine; the plan, the skip rule and the report are unchanged (the others stay
+    missing, and the report marks its tables partial).
 
     ``fetch_data`` (``--fetch-data``; `make reproduce` sets it): download the planned tasks'
     missing datasets before the first run, or stop with one line naming `make data` when that
@@ -319,17 +323,27 @@ def run(profile: str, out: Path | str, data_dir: Path | str, only: list[str] | N
     exps = load_experiments(profile, exp_dir)
     plan = build_plan(exps, load_common(exp_dir), only)
     todo, done = plan_jobs(plan, out)
+    deferred = []
+    if tasks:
+        unknown = sorted(set(tasks) - {j.spec.task for j in done + todo})
+        if unknown:
+            raise UserError(f"--task {', '.join(unknown)}: no run of the plan has that task; "
+                            f"the plan's tasks are {', '.join(sorted({j.spec.task for j in done + todo}))}")
+        deferred = [j for j in todo if j.spec.task not in tasks]
+        todo = [j for j in todo if j.spec.task in tasks]
     chosen = select(exps, only)
     names = [e.name for e in chosen]
     benches = [e for e in chosen if e.kind == "bench"]
     print(f"reproduce [{profile}]: {len(plan.runs)} runs for {', '.join(names)}; "
-          f"{len(done)} completed (skipped), {len(todo)} to run -> {out}", file=stream, flush=True)
+          f"{len(done)} completed (skipped), {len(todo)} to run"
+          + (f", {len(deferred)} left for later (--task {','.join(tasks)})" if deferred else "")
+          + f" -> {out}", file=stream, flush=True)
     if dry_run:
         for exp in benches:
             state = "completed" if bench_path(out, exp).exists() else "missing"
             print(f"  {state:<9} bench/{exp.bench_key()}  python -m softmax_approx.bench "
                   + " ".join(exp.bench_command()), file=stream)
-        for job in done + todo:
+        for job in done + todo + deferred:
             shared = ",".join(plan.users[job.spec.key])
             print(f"  {job.status:<9} {job.owner}/{job.spec.key}  [{shared}]  "
                   + " ".join(_command(job, str(data_dir), ["train"])[1:]), file=stream)
@@ -343,7 +357,7 @@ def run(profile: str, out: Path | str, data_dir: Path | str, only: list[str] | N
               "(or --fetch-data), or give --data-dir DIR", file=sys.stderr, flush=True)
         return 2
     out.mkdir(parents=True, exist_ok=True)
-    all_jobs = done + todo
+    all_jobs = done + todo + deferred
     _manifest(out, profile, str(data_dir), only, all_jobs, started)
     bench_failed = [e.name for e in benches if run_bench(e, out, stream, run_timeout) != "completed"]
     progress = Progress(len(todo), stream)
@@ -352,7 +366,10 @@ def run(profile: str, out: Path | str, data_dir: Path | str, only: list[str] | N
     finally:
         _manifest(out, profile, str(data_dir), only, all_jobs, started)
     failed = [j for j in todo if j.status != "completed"]
-    print(f"reproduce: {len(all_jobs) - len(failed)}/{len(all_jobs)} runs completed"
+    if deferred:
+        print(f"reproduce: {len(deferred)} runs of other tasks not started (--task); rerun without "
+              "--task to finish the plan", file=stream, flush=True)
+    print(f"reproduce: {len(all_jobs) - len(failed) - len(deferred)}/{len(all_jobs)} runs completed"
           + (f"; failed: {', '.join(j.spec.key for j in failed)} (logs: <run dir>/{LOG_NAME})"
              if failed else ""), file=stream, flush=True)
     if report:
@@ -371,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", required=True, type=Path)
     r.add_argument("--data-dir", type=Path, help="datasets (default: $SOFTMAX_APPROX_DATA, else the user's data cache)")
     r.add_argument("--only", action="append", help="only this experiment (+ those it uses); repeatable")
+    r.add_argument("--task", action="append", dest="tasks", metavar="TASK",
+                   help="run only this task's runs now (e.g. sst2); the rest stay missing; repeatable")
     r.add_argument("--jobs", type=int, default=1, help="runs in parallel (default 1)")
     r.add_argument("--dry-run", action="store_true", help="print the plan and each run's status")
     r.add_argument("--experiments", type=Path, help="definitions directory (default experiments/)")
@@ -391,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             args.data_dir = default_data_dir()
         return run(args.profile, args.out, args.data_dir, args.only, args.jobs, args.dry_run,
                    args.experiments, not args.no_report, run_timeout=args.run_timeout, fetch_data=args.fetch_data,
-                   launcher=args.launcher, slurm=args.slurm)
+                   launcher=args.launcher, slurm=args.slurm, tasks=args.tasks)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -37,12 +37,12 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def keep_mask(seed: torch.Tensor, shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
-    """Bool mask, True = kept, each entry kept with probability 1 - p, fully determined by seed."""
+def _uniform(seed: torch.Tensor, shape: torch.Size, device: torch.device) -> torch.Tensor:
+    """float32 u in [0, 1) per entry, fully determined by seed (see the module docstring)."""
     if not torch.compiler.is_compiling():
         gen = torch.Generator(device=device)
         gen.manual_seed((int(seed[0]) << 31) | int(seed[1]))
-        return torch.rand(shape, generator=gen, device=device) >= p
+        return torch.rand(shape, generator=gen, device=device)
     seed = seed.to(device)
     numel = 1
     for s in shape:
@@ -50,11 +50,26 @@ def keep_mask(seed: torch.Tensor, shape: torch.Size, p: float, device: torch.dev
     idx = torch.arange(numel, device=device, dtype=torch.long)
     x = _mix((idx ^ seed[0]) & _M32)
     x = _mix(x ^ seed[1])
-    u = (x >> 8).to(torch.float32) * (1.0 / 2**24)
-    return (u >= p).view(shape)
+    return ((x >> 8).to(torch.float32) * (1.0 / 2**24)).view(shape)
 
 
-def apply_dropout(x: torch.Tensor, seed: torch.Tensor, p: float) -> torch.Tensor:
-    """x * mask / (1 - p) with the mask of `keep_mask(seed, ...)`."""
-    mask = keep_mask(seed, x.shape, p, x.device)
-    return x.mul(mask).mul_(1.0 / (1.0 - p))
+def keep_mask(seed: torch.Tensor, shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
+    """Bool mask, True = kept, each entry kept with probability 1 - p, fully determined by seed."""
+    return _uniform(seed, shape, device) >= p
+
+
+def keep_scale(seed: torch.Tensor, shape: torch.Size, p: float, device: torch.device,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The mask of :func:`keep_mask` as `dtype` values 1 / (1 - p) (kept) and 0 (dropped):
+    what dropout multiplies by, built in place from the uniform draws (no bool -> float copy)."""
+    return _uniform(seed, shape, device).ge_(p).to(dtype).mul_(1.0 / (1.0 - p))
+
+
+def apply_dropout(x: torch.Tensor, seed: torch.Tensor, p: float, inplace: bool = False) -> torch.Tensor:
+    """x * mask / (1 - p) with the mask of `keep_mask(seed, ...)`; into `x` when `inplace`.
+    The product is formed in float32 (float64 for float64 x) and rounded once to x's dtype."""
+    wide = torch.float64 if x.dtype == torch.float64 else torch.float32
+    scale = keep_scale(seed, x.shape, p, x.device, wide)
+    if x.dtype != wide:
+        return scale.mul_(x).to(x.dtype)
+    return x.mul_(scale) if inplace else scale.mul_(x)

@@ -164,6 +164,14 @@ def _scores(q, k, bias, scale):
     return scores if bias is None else scores + bias.to(scores.dtype)
 
 
+def _fused_scores(q, k, bias, scale):
+    """The fused function's scores: the scale applied to q (Lq x D) instead of the Lq x Lk
+    product, one n x n pass fewer. Forward and the `recompute` backward both use this, so the
+    saved log-sum-exp matches the recomputed scores bit for bit."""
+    scores = (q * scale) @ _repeat_kv(k, q.shape[-3] if q.dim() >= 3 else 1).transpose(-2, -1)
+    return scores if bias is None else scores + bias.to(scores.dtype)
+
+
 def _plain(q, k, v, mask, bias, causal, p, scale):
     """Exact attention for calls that need no gradient (eval, no_grad, inference mode)."""
     heads = q.shape[-3] if q.dim() >= 3 else 1
@@ -236,15 +244,15 @@ class _FusedAttention(torch.autograd.Function):
         valid = valid_mask(mask, causal, lq, lk, q.device)
         if name in ("paper", "topk"):  # they count valid entries: -inf bias entries are masked
             valid = _valid_with_bias(valid, bias)
-        probs_w, lse = masked_softmax(_scores(q, k, bias, scale).expand(shape), valid)
+        probs_w, lse = masked_softmax(_fused_scores(q, k, bias, scale).expand(shape), valid)
         probs = probs_w.to(q.dtype)
         del probs_w
         if name == "recompute":
             state = (lse,)
         else:
             state = tuple(POLICIES[name].compress_with(probs, None if valid is None else valid.expand(shape), param))
-        if p > 0:
-            probs = _dropout.apply_dropout(probs, seed, p)
+        if p > 0:  # in place unless the state is the probabilities themselves (`exact`)
+            probs = _dropout.apply_dropout(probs, seed, p, inplace=name != "exact")
         out = probs @ _repeat_kv(v, heads)
         ctx.save_for_backward(q, k, v, mask, bias, seed, *state)
         ctx.causal, ctx.p, ctx.scale, ctx.name, ctx.param, ctx.shape = causal, p, scale, name, param, shape
@@ -258,7 +266,7 @@ class _FusedAttention(torch.autograd.Function):
         wd = work_dtype(q.dtype)
         valid = valid_mask(mask, ctx.causal, q.shape[-2], k.shape[-2], q.device)
         if ctx.name == "recompute":
-            scores = _scores(q, k, bias, ctx.scale).to(wd)
+            scores = _fused_scores(q, k, bias, ctx.scale).to(wd)
             if valid is not None:
                 scores = scores.masked_fill(~valid, float("-inf"))
             probs = scores.expand(shape).sub(state[0]).exp_()        # empty rows: lse = +inf -> 0
@@ -271,7 +279,7 @@ class _FusedAttention(torch.autograd.Function):
         grad_out = grad_out.to(q.dtype)
         v_rep = _repeat_kv(v, heads)
         if ctx.p > 0:  # the forward's mask, regenerated from its seed, scaled once: D / (1 - p)
-            keep = _dropout.keep_mask(seed, shape, ctx.p, q.device).to(wd).mul_(1.0 / (1.0 - ctx.p))
+            keep = _dropout.keep_scale(seed, shape, ctx.p, q.device, wd)
         grad_v = None
         if ctx.needs_input_grad[2]:
             dropped = (probs * keep if ctx.p > 0 else probs).to(q.dtype)
@@ -282,13 +290,14 @@ class _FusedAttention(torch.autograd.Function):
             grad_probs.mul_(keep)
             del keep
         # softmax Jacobian at the rebuilt row: p * (g - sum(g * p))
-        row_dot = (grad_probs * probs).sum(-1, keepdim=True)
+        row_dot = torch.linalg.vecdot(grad_probs, probs).unsqueeze(-1)
         grad_scores = grad_probs.sub_(row_dot).mul_(probs)
         del probs
         grad_bias = None
         if bias is not None and ctx.needs_input_grad[4]:
             grad_bias = grad_scores.sum_to_size(bias.shape).to(bias.dtype)
-        grad_scores = grad_scores.mul_(ctx.scale).to(q.dtype)
-        grad_q = (grad_scores @ _repeat_kv(k, heads)).sum_to_size(q.shape) if ctx.needs_input_grad[0] else None
-        grad_k = _reduce_to(grad_scores.transpose(-2, -1) @ q, k, heads) if ctx.needs_input_grad[1] else None
+        # the scale goes on the Lq x D and Lk x D products, not on the Lq x Lk matrix
+        grad_scores = grad_scores.to(q.dtype)
+        grad_q = (grad_scores @ _repeat_kv(k, heads)).sum_to_size(q.shape).mul_(ctx.scale) if ctx.needs_input_grad[0] else None
+        grad_k = _reduce_to((grad_scores.transpose(-2, -1) @ q).mul_(ctx.scale), k, heads) if ctx.needs_input_grad[1] else None
         return grad_q, grad_k, grad_v, None, grad_bias, None, None, None, None, None, None

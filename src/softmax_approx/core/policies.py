@@ -29,8 +29,6 @@ from . import ranks as _ranks
 
 StateT = tuple[torch.Tensor, ...]
 
-_INT_VIEW = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16, torch.bfloat16: torch.int16}
-
 
 def index_dtype(n: int) -> torch.dtype:
     """Smallest integer dtype that holds the indices 0..n-1 (no silent uint8 overflow)."""
@@ -179,12 +177,7 @@ class Paper(Policy):
         n, k = probs.shape[-1], min(param, probs.shape[-1])
         wd = work_dtype(probs.dtype)
         L = count_valid(valid, probs)                                        # (..., 1)
-        # Non-negative floats order like their bit patterns read as integers, and integer
-        # sorts are faster; invalid entries get -1 so they sort after every valid one.
-        key = probs.view(_INT_VIEW[probs.dtype])
-        if valid is not None:
-            key = key.masked_fill(~valid, -1)
-        order = key.sort(dim=-1, descending=True).indices                   # sorted pos -> index
+        order = _ranks.descending_order(probs, valid)                       # sorted pos -> index
         top = probs.gather(-1, order[..., :k])                               # s_1..s_S
         bottom_pos = (L - k + torch.arange(k, device=probs.device)).clamp(0, n - 1)
         bottom = probs.gather(-1, order.gather(-1, bottom_pos))              # s_{L-S+1}..s_L
@@ -224,10 +217,11 @@ class Paper(Policy):
         tiny_rate = rate < 1e-6
         safe_rate = torch.where(tiny_rate, torch.ones_like(rate), rate)
         G = torch.where(tiny_rate, M, torch.expm1(-safe_rate * M) / torch.expm1(-safe_rate))
-        sorted_hat = torch.exp(-rate * (pos - k).clamp(min=0).to(wd)).mul_(missing / G.clamp(min=1.0))
-        sorted_hat.masked_fill_((pos < k) | (pos >= L - k), 0.0)             # not the middle
+        step = (pos - k).clamp(min=0).to(wd).neg_()                          # -j, (n,)
+        sorted_hat = torch.exp_(rate * step).mul_(missing / G.clamp(min=1.0))
+        sorted_hat.masked_fill_(pos >= L - k, 0.0)                           # past the middle
         sorted_hat = sorted_hat.to(top.dtype)
-        sorted_hat[..., :k] = top                                            # invalid tops are 0
+        sorted_hat[..., :k] = top                                            # before it; invalid tops are 0
         bottom_pos = (L - k + torch.arange(k, device=top.device)).clamp(0, n - 1)
         sorted_hat.scatter_(-1, bottom_pos, bottom)
         return torch.empty_like(sorted_hat).scatter_(-1, order, sorted_hat)
