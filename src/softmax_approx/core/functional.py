@@ -296,8 +296,10 @@ class _FusedAttention(torch.autograd.Function):
         grad_bias = None
         if bias is not None and ctx.needs_input_grad[4]:
             grad_bias = grad_scores.sum_to_size(bias.shape).to(bias.dtype)
-        # the scale goes on the Lq x D and Lk x D products, not on the Lq x Lk matrix
-        grad_scores = grad_scores.to(q.dtype)
-        grad_q = (grad_scores @ _repeat_kv(k, heads)).sum_to_size(q.shape).mul_(ctx.scale) if ctx.needs_input_grad[0] else None
-        grad_k = _reduce_to((grad_scores.transpose(-2, -1) @ q).mul_(ctx.scale), k, heads) if ctx.needs_input_grad[1] else None
+        # fp32/fp64: the scale goes on the Lq x D and Lk x D products, one Lq x Lk pass fewer;
+        # half precision: on the float32 matrix, before its one rounding to the input dtype
+        late = 1.0 if wd != q.dtype else ctx.scale
+        grad_scores = (grad_scores if late != 1.0 else grad_scores.mul_(ctx.scale)).to(q.dtype)
+        grad_q = (grad_scores @ _repeat_kv(k, heads)).sum_to_size(q.shape).mul_(late) if ctx.needs_input_grad[0] else None
+        grad_k = _reduce_to((grad_scores.transpose(-2, -1) @ q).mul_(late), k, heads) if ctx.needs_input_grad[1] else None
         return grad_q, grad_k, grad_v, None, grad_bias, None, None, None, None, None, None
