@@ -181,7 +181,7 @@ def test_packed_ranks_rebuild_bit_identically_to_unpacked_ranks(n):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("n", [7, 256, 300])
-def test_descending_order_is_fully_determined(dtype, n):
+def test_descending_order_is_fully_determined(dtype, n, monkeypatch):
     """One permutation for every sort backend: descending, ties by index, invalid entries last."""
     from softmax_approx.core import ranks
 
@@ -196,7 +196,10 @@ def test_descending_order_is_fully_determined(dtype, n):
     for row in range(6):
         ref = sorted(range(n), key=lambda j: (not valid[row, j].item(), -probs[row, j].item(), j))
         assert order[row].tolist() == ref
-    # the CPU fast path (NumPy) and the torch.sort path (CUDA, torch.compile) agree
-    key_path = torch.compile(ranks.descending_order, backend="eager", fullgraph=True)(probs, valid)
-    assert torch.equal(key_path, order)
+    # compiled code gets the same permutation (the sort is one opaque custom op) ...
+    compiled = torch.compile(ranks.descending_order, backend="eager", fullgraph=True)(probs, valid)
+    assert torch.equal(compiled, order)
+    # ... and so does torch.sort (the CUDA branch), since every key is unique: any sort agrees
+    monkeypatch.setattr(ranks, "argsort_rows", lambda key: key.sort(dim=-1).indices)
+    assert torch.equal(ranks.descending_order(probs, valid), order)
     assert torch.equal(ranks.descending_order(probs, None)[1:], ranks.descending_order(probs[1:], None))

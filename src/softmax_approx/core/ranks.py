@@ -4,9 +4,9 @@
 invalid entries last, so the permutation is fully determined and CPU, CUDA and compiled code
 agree on it. Non-negative floats order like their bit patterns read as integers, so each
 entry gets one unique integer key, ``index - bits * 2**ceil(log2 n)``, and any sort of the
-keys gives that permutation. On CPU (outside torch.compile) the keys are sorted with NumPy's
-argsort, whose SIMD quicksort (x86-simd-sort) is about ten times faster than ``torch.sort``
-on rows of a few hundred entries; elsewhere with ``torch.sort``.
+keys gives that permutation. On CPU the keys are sorted with NumPy's argsort, whose SIMD
+quicksort (x86-simd-sort) is about ten times faster than ``torch.sort`` on rows of a few hundred
+entries (a custom op, so compiled code uses it too); elsewhere with ``torch.sort``.
 
 Packing: a row's sort permutation holds values 0..n-1, so ``b = ceil(log2 n)`` bits per entry suffice.
 Up to n = 256 one uint8 per entry is exactly that. Above, the low 8 bits stay one uint8 per
@@ -51,9 +51,23 @@ def descending_order(probs: torch.Tensor, valid: torch.Tensor | None) -> torch.T
     key = torch.sub(idx, probs.view(_BITS_VIEW[probs.dtype]), alpha=1 << shift)  # int64, unique
     if valid is not None:
         key = torch.where(valid, key, idx + (1 << shift))
-    if key.device.type == "cpu" and not torch.compiler.is_compiling():
+    return argsort_rows(key)
+
+
+@torch.library.custom_op("softmax_approx::argsort_rows", mutates_args=())
+def argsort_rows(key: torch.Tensor) -> torch.Tensor:
+    """Ascending argsort of each row of an integer tensor with unique keys per row (so every
+    sort gives the same answer): NumPy's SIMD quicksort on CPU, ``torch.sort`` elsewhere. A
+    custom op, so torch.compile keeps it as one opaque call (no graph break) and compiled
+    code gets the same fast CPU sort."""
+    if key.device.type == "cpu":
         return torch.from_numpy(np.argsort(key.numpy(), axis=-1))
     return key.sort(dim=-1).indices
+
+
+@argsort_rows.register_fake
+def _argsort_rows_shape(key: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(key, dtype=torch.long)
 
 
 def high_width(n: int) -> int:
