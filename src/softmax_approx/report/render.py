@@ -14,6 +14,7 @@ from typing import Any
 from softmax_approx.report import bench as bench_mod
 from softmax_approx.report import claims as claims_mod
 from softmax_approx.report import figures, tables
+from softmax_approx.report.provenance import provenance_table
 from softmax_approx.report.definitions import (
     Experiment,
     common_overrides,
@@ -127,6 +128,7 @@ def render_report(out: Path | str, runs_dir: Path | str | None = None,
                 rep.files += [fdir / f"{name}.png", fdir / f"{name}.pdf"]
         elif exp.kind == "claims":
             emit(claims_mod.claims_table(exp, rep.cells, by_name, kinds, rep.bench))
+    emit(provenance_table(records, profile))
     emit(tables.runs_table(records, profile))
     if write:
         index = "\n".join(t.to_markdown() for t in rep.tables.values()

@@ -1,0 +1,83 @@
+"""Where, when and with which code the runs behind a report ran: the provenance table.
+
+A table of numbers is only evidence together with the machine, the code version and the wall
+time that produced it. Every run's results.json records them (``provenance``: git commit and
+whether the tree was dirty, packages, hardware, start and finish times); this table collects
+them per task, so a report that mixes code versions or machines says so.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections import defaultdict
+
+from softmax_approx.report.results import Record
+from softmax_approx.report.tables import Table
+
+
+def _time(value) -> _dt.datetime | None:
+    try:
+        return _dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+
+
+def run_wall_seconds(record: Record) -> float | None:
+    """finished - started of one run (evaluation and any waiting included), None if unknown."""
+    prov = record.data.get("provenance") or {}
+    start, end = _time(prov.get("started")), _time(prov.get("finished"))
+    return (end - start).total_seconds() if start and end else None
+
+
+def _machine(prov: dict) -> str:
+    hw = prov.get("hardware") or {}
+    torch_version = (prov.get("packages") or {}).get("torch", "?")
+    gpus = hw.get("gpus") or []
+    where = f"{len(gpus)}x {gpus[0]}" if gpus else f"CPU {hw.get('machine', '?')}, {hw.get('cpu_count', '?')} cores"
+    return f"{where}, {hw.get('torch_threads', '?')} thread(s), torch {torch_version}"
+
+
+def _commit(prov: dict) -> str:
+    sha = str(prov.get("git_commit") or "unknown")[:7]
+    return sha + ("+dirty" if prov.get("git_dirty") else "")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f}"
+
+
+def provenance_table(records: list[Record], profile: str) -> Table:
+    """One row per task over its completed runs: count, wall time per run and in all, code
+    versions, machines and the first start / last finish."""
+    by_task: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        if r.status == "completed":
+            by_task[str(r.task)].append(r)
+    header = ["task", "runs", "wall per run (min)", "wall in all (h)", "code (commit: runs)",
+              "machine", "first start", "last finish"]
+    rows, csv_rows = [], []
+    for task in sorted(by_task):
+        runs = by_task[task]
+        walls = [w for w in map(run_wall_seconds, runs) if w is not None]
+        provs = [r.data.get("provenance") or {} for r in runs]
+        commits = defaultdict(int)
+        for p in provs:
+            commits[_commit(p)] += 1
+        machines = sorted({_machine(p) for p in provs})
+        starts = sorted(s for s in (_time(p.get("started")) for p in provs) if s)
+        ends = sorted(e for e in (_time(p.get("finished")) for p in provs) if e)
+        per_run = f"{_minutes(min(walls))}-{_minutes(max(walls))}" if walls else "unknown"
+        total = f"{sum(walls) / 3600:.2f}" if walls else "unknown"
+        code = ", ".join(f"{c}: {n}" for c, n in sorted(commits.items()))
+        first = starts[0].isoformat(timespec="minutes") if starts else "unknown"
+        last = ends[-1].isoformat(timespec="minutes") if ends else "unknown"
+        rows.append([task, str(len(runs)), per_run, total, code, "; ".join(machines), first, last])
+        csv_rows.append({"task": task, "runs": len(runs), "wall_seconds": walls,
+                         "commits": dict(commits), "machines": machines, "first_start": first,
+                         "last_finish": last})
+    notes = ["Completed runs only. Wall = the run's finished - started time from its results.json "
+             "(training, validation and testing; runs that shared the machine ran slower).",
+             "A `+dirty` commit means the working tree had uncommitted changes when the run started; "
+             "several commits mean the runs span code versions (see the repository history)."]
+    return Table("provenance", "Provenance: machine, code and wall time", profile, header, rows,
+                 notes, csv_rows)
