@@ -495,7 +495,8 @@ def test_paired_differences_and_t_interval_by_hand(out, defs):
     diffs = 100 * (np.array([0.83, 0.83, 0.84]) - np.array([0.80, 0.82, 0.79]))  # 3, 1, 5 points
     mean, sd = diffs.mean(), diffs.std(ddof=1)
     half = 4.302652729749464 * sd / np.sqrt(3)  # scipy.stats.t.ppf(0.975, 2)
-    rows = {(r["task"], r["setting"]): r for r in read_csv(out / "tables" / "quality_paired.csv")}
+    paired_csv = read_csv(out / "tables" / "quality_paired.csv")
+    rows = {(r["task"], r["setting"]): r for r in paired_csv if r["baseline"] == "eager"}
     row = rows[("sst2", "paper S=5")]
     assert json.loads(row["paired_diffs"]) == pytest.approx(list(diffs))
     assert float(row["paired_mean"]) == pytest.approx(mean)
@@ -523,7 +524,8 @@ def test_one_seed_has_no_interval_and_says_so(tmp_path):
     q = rep.tables["quality"].to_markdown()
     assert "(n=1, no interval)" in q and "[" not in q.split("|---|")[1].replace("[1 failed]", "")
     paired = rep.tables["quality_paired"]
-    assert {row[5] for row in paired.rows} == {"no interval (n=1)"}
+    assert {row[6] for row in paired.rows} == {"no interval (n=1)"}
+    assert {row[3] for row in paired.rows} == {"eager", "recompute"}
     assert all(math.isnan(r["paired_ci95_low"]) for r in paired.csv_rows)
 
 

@@ -300,9 +300,10 @@ def bleu_signature(cells: dict[tuple[str, Setting], Cell]) -> str:
 
 
 def quality_cells(cells: dict[tuple[str, Setting], Cell], exp: Experiment,
-                  kinds: dict[str, str]) -> dict[tuple[str, Setting], dict[str, Any]]:
-    """Per cell: metric stats (scaled) and the difference of means to the baseline."""
-    base_name = exp.raw.get("baseline", "eager")
+                  kinds: dict[str, str], base_name: str | None = None) -> dict[tuple[str, Setting], dict[str, Any]]:
+    """Per cell: metric stats (scaled) and the difference of means to the baseline (the
+    experiment's `baseline` unless `base_name` is given)."""
+    base_name = base_name or exp.raw.get("baseline", "eager")
     out = {}
     for (task, setting), cell in cells.items():
         kind = task_kind(task, cells, kinds)
@@ -389,11 +390,25 @@ def quality_table(exp: Experiment, cells: dict[tuple[str, Setting], Cell],
 def paired_table(exp: Experiment, cells: dict[tuple[str, Setting], Cell],
                  kinds: dict[str, str]) -> Table:
     """Per task and non-baseline setting: each seed's difference to the baseline, their mean
-    and 95% t-interval (the numbers behind the quality table's paired Δ and the claims)."""
+    and 95% t-interval (the numbers behind the quality table's paired Δ and the claims); then
+    the same against each of the experiment's `also_paired_with` references."""
     base_name = exp.raw.get("baseline", "eager")
-    q = quality_cells(cells, exp, kinds)
-    header = ["task", "policy", "metric", "per-seed Δ", f"mean Δ vs {base_name}", "95% CI", "n"]
+    refs = [base_name] + [str(b) for b in exp.raw.get("also_paired_with") or [] if b != base_name]
+    header = ["task", "policy", "metric", "vs", "per-seed Δ", "mean Δ", "95% CI", "n"]
     rows, csv_rows = [], []
+    for ref in refs:
+        _paired_rows(quality_cells(cells, exp, kinds, ref), ref, exp, rows, csv_rows)
+    notes = [PAIRED_DEFINITION.format(base=" / ".join(refs)),
+             f"Seeds planned: {exp.seeds}. Units: accuracy points (percent) or BLEU."]
+    if len(refs) > 1:
+        notes.append(str(exp.raw.get("also_paired_why", "")).strip() or
+                     f"Also paired with {', '.join(refs[1:])}.")
+    return Table(f"{exp.name}_paired", f"{exp.title}: paired differences to {' and '.join(refs)}",
+                 exp.profile, header, rows, notes, csv_rows)
+
+
+def _paired_rows(q: dict, base_name: str, exp: Experiment, rows: list, csv_rows: list) -> None:
+    """The paired table's rows against one reference setting."""
     for (task, setting), info in q.items():
         cell, base, pair = info["cell"], info["base"], info["paired"]
         if (base is not None and setting == base.setting) or cell.status == "not planned":
@@ -401,20 +416,16 @@ def paired_table(exp: Experiment, cells: dict[tuple[str, Setting], Cell],
         label = info["metric"]["label"]
         status = paired_cell(info, base_name)
         if pair.n == 0:
-            rows.append([task, setting.label, label, status, status, status, "0"])
+            rows.append([task, setting.label, label, base_name, status, status, status, "0"])
         else:
             per_seed = ", ".join(f"s{s}: {signed(d)}" for s, d in zip(pair.seeds, pair.diffs))
             note = unpaired_note(cell, base, pair)
             ci = ("no interval (n=1)" if pair.n == 1
                   else f"[{signed(pair.low)}, {signed(pair.high)}]")
-            rows.append([task, setting.label, label, per_seed + (f" ({note})" if note else ""),
+            rows.append([task, setting.label, label, base_name, per_seed + (f" ({note})" if note else ""),
                          signed(pair.mean), ci, str(pair.n)])
-        csv_rows.append(_base_row(exp, cell) | {"metric": info["metric"]["key"],
-                                                "scale": info["scale"]} | pair.as_row())
-    notes = [PAIRED_DEFINITION.format(base=base_name),
-             f"Seeds planned: {exp.seeds}. Units: accuracy points (percent) or BLEU."]
-    return Table(f"{exp.name}_paired", f"{exp.title}: paired differences to {base_name}",
-                 exp.profile, header, rows, notes, csv_rows)
+        csv_rows.append(_base_row(exp, cell) | {"metric": info["metric"]["key"], "scale": info["scale"],
+                                                "baseline": base_name} | pair.as_row())
 
 
 # ----------------------------------------------------------------------------- fidelity
