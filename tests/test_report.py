@@ -641,7 +641,7 @@ def test_partial_cells_say_how_many_seeds(out, defs):
 
 
 def test_cpu_plan_is_the_promised_one_and_renders_without_holes(tmp_path):
-    """cpu: SST-2 every memory setting x 3 seeds, Multi30k 5 settings x 3, IMDB 4 x 1 seed."""
+    """cpu: SST-2 every memory setting x 3 seeds, Multi30k 5 settings x 3, IMDB 4 x 3."""
     exps = load_experiments("cpu")
     plan = build_plan(exps, load_common())
     by_task: dict[str, set] = {}
@@ -651,7 +651,8 @@ def test_cpu_plan_is_the_promised_one_and_renders_without_holes(tmp_path):
     assert by_task["sst2"] == {(s.label, n) for s in memory.settings for n in (0, 1, 2)}
     m30k = {"eager", "paper S=5", "quant bits=8", "topk keep_ratio=1/4", "recompute"}
     assert by_task["multi30k"] == {(s, n) for s in m30k for n in (0, 1, 2)}
-    assert by_task["imdb"] == {(s, 0) for s in {"eager", "paper S=5", "quant bits=8", "recompute"}}
+    imdb = {"eager", "paper S=5", "quant bits=8", "recompute"}
+    assert by_task["imdb"] == {(s, n) for s in imdb for n in (0, 1, 2)}
     assert set(by_task) == {"sst2", "multi30k", "imdb"}
     out = tmp_path / "cpu"
     write_fixture_runs(out, "cpu", failed=None)
@@ -663,7 +664,8 @@ def test_cpu_plan_is_the_promised_one_and_renders_without_holes(tmp_path):
     q = rep.tables["quality"].to_markdown()
     line = next(ln for ln in q.splitlines() if ln.startswith("| paper S=2 |"))
     assert line.count("not planned") == 2 * 2  # multi30k and imdb: value and paired Δ
-    assert "| paper S=5 |" in q and "(n=1, no interval)" in q  # IMDB: one seed
+    paper5 = next(ln for ln in q.splitlines() if ln.startswith("| paper S=5 |"))
+    assert paper5.count("(n=3)") == 2 * 3 and "no interval)" not in q  # 3 tasks x (value, Δ)
     assert not any(r[0] == "imdb" and r[1] == "paper S=2" for r in rep.tables["memory"].rows)
 
 
