@@ -661,6 +661,9 @@ def test_cpu_plan_is_the_promised_one_and_renders_without_holes(tmp_path):
     for name in ("memory", "quality", "quality_paired", "tradeoff", "fidelity", "claims"):
         md = rep.tables[name].to_markdown()
         assert "not run" not in md and "failed" not in md and "not measured" not in md, name
+    for name, table in rep.tables.items():  # published as they are: no path of this machine
+        assert str(tmp_path) not in table.to_markdown(), name
+    assert "Source: `OUT/bench/" in rep.tables["bench"].to_markdown()
     q = rep.tables["quality"].to_markdown()
     line = next(ln for ln in q.splitlines() if ln.startswith("| paper S=2 |"))
     assert line.count("not planned") == 2 * 2  # multi30k and imdb: value and paired Δ

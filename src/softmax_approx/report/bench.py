@@ -18,21 +18,26 @@ from softmax_approx.report.tables import Table
 
 
 def load_bench(out: Path, exp: Experiment) -> tuple[str, list[dict[str, Any]], str]:
-    """(status, records, source file) for `exp`: OUT/bench/<key>.json written by reproduce,
-    else OUT/bench.json written by `make bench`; `failed` if only a failure record exists."""
+    """(status, records, source file relative to OUT, so published tables name no machine path) for
+    `exp`: OUT/bench/<key>.json written by reproduce, else OUT/bench.json written by `make bench`;
+    `failed` if only a failure record exists."""
     path = out / "bench" / f"{exp.bench_key()}.json"
     for p in (path, out / "bench.json"):
         if p.exists():
             try:
                 data = json.loads(p.read_text())
             except ValueError:
-                return "failed", [], str(p)
+                return "failed", [], _in_out(p, out)
             recs = data if isinstance(data, list) else data.get("records", [])
-            return "completed", [r for r in recs if isinstance(r, dict)], str(p)
+            return "completed", [r for r in recs if isinstance(r, dict)], _in_out(p, out)
     failed = path.with_suffix(".failed.json")
     if failed.exists():
-        return "failed", [], str(failed)
-    return "not run", [], str(path)
+        return "failed", [], _in_out(failed, out)
+    return "not run", [], _in_out(path, out)
+
+
+def _in_out(p: Path, out: Path) -> str:
+    return "OUT/" + p.relative_to(out).as_posix()
 
 
 def _match(rec: dict[str, Any], setting: Setting) -> bool:
