@@ -15,21 +15,23 @@ from pathlib import Path
 
 from softmax_approx.utils.errors import UserError
 
-TASK_CHOICES = ["sst2", "imdb", "multi30k", "iwslt14", "iwslt14_mini", "all"]  # iwslt14_mini: the iwslt14 files
 DATA_DIR_HELP = "where the datasets live (default: $SOFTMAX_APPROX_DATA, else the user's data cache)"
 
 
 def main(argv: list[str] | None = None) -> int:
+    from softmax_approx.data.datasets import shipped_names
+
+    tasks = shipped_names()  # the task yamls with a download recipe (task.data.download)
     p = argparse.ArgumentParser(prog="python -m softmax_approx.data", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("download", help="fetch a dataset into DATA_DIR in the layout the readers read")
-    d.add_argument("task", choices=TASK_CHOICES)
+    d.add_argument("task", choices=[*tasks, "all"])
     d.add_argument("--data-dir", type=Path, default=None, help=DATA_DIR_HELP)
     i = sub.add_parser("prepare-iwslt14", help="build iwslt14.tokenized.de-en from the original de-en.tgz")
     i.add_argument("--tgz", required=True, type=Path)
     i.add_argument("--data-dir", type=Path, default=None, help=DATA_DIR_HELP)
     c = sub.add_parser("check", help="say whether a task's files are present (reads nothing)")
-    c.add_argument("task", choices=["sst2", "imdb", "multi30k", "iwslt14", "iwslt14_mini"])
+    c.add_argument("task", choices=tasks)
     c.add_argument("--data-dir", type=Path, default=None, help=DATA_DIR_HELP)
     args = p.parse_args(argv)
     if args.data_dir is None:

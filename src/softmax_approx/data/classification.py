@@ -1,6 +1,15 @@
-"""Text classification DataModule for SST-2 and IMDB.
+"""Text classification DataModule: any labelled text described by a ``task.data`` node
+(``data/datasets.py``): SST-2, IMDB and your own CSV/TSV/JSONL files (``task=text_classification``).
 
-Splits (say these in any table):
+Classes are the sorted distinct labels of the training file (integers when every training label
+is an integer, so ``"2"`` in a CSV and ``2`` in a JSONL file mean the same class); a label in the
+val or test file that the training file lacks is one DataError line naming file and line. The
+number of classes (``num_classes``) reaches the model's head and the accuracy metrics through
+``ClassificationTask.net_kwargs``. Validation comes from ``task.data.val`` when given, else is
+held out of train (``val_size`` rows, or a fraction; ``val_holdout``: ``rows`` or SST-2's
+``sentences``), seeded by ``split_seed``.
+
+Splits of the shipped datasets (say these in any table):
 
 * **sst2**: GLUE's test labels are not public, so GLUE **dev** (872 rows) is our **test**
   split. GLUE's train file holds 6,885 whole sentences *and* their labelled sub-phrases (67,349
@@ -26,6 +35,7 @@ when the data folder is read-only), keyed by the settings and the input files' c
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -34,29 +44,18 @@ import torch
 
 from softmax_approx.data.base import BucketedDataModule
 from softmax_approx.data.batching import ClassificationCollator
-from softmax_approx.data.files import check_files, resolve_cache_dir
-from softmax_approx.data.readers import (
-    TextExample,
-    holdout_split,
-    read_glue_sst2,
-    read_imdb,
-    seeded_subset,
-    sentence_holdout,
-)
+from softmax_approx.data.datasets import Dataset, dataset
+from softmax_approx.data.files import resolve_cache_dir
+from softmax_approx.data.formats import Row, read_splits
+from softmax_approx.data.readers import TextExample, holdout_split, seeded_subset, sentence_holdout
 from softmax_approx.data.tokenizer import content_signature, load_or_train, tokenizer_sha256
 from softmax_approx.data import tokenizer as tokmod
-from softmax_approx.utils.errors import ConfigError
+from softmax_approx.utils.errors import ConfigError, DataError
 
-DEFAULT_VAL_SIZE = {"sst2": 872, "imdb": 1000}
-TEST_SPLIT_NAME = {
-    "sst2": "sst2 dev (GLUE; test labels not public)",
-    "imdb": "imdb test (official, 25,000 reviews)",
-}
-NUM_CLASSES = 2
-#: how the validation rows are held out of the training file, per task (part of the cache key)
+#: how the validation rows are held out of the training file (part of the tokenizer's cache key)
 VAL_RULE = {
-    "sst2": "whole sentences; training rows that are token spans of a held-out sentence dropped",
-    "imdb": "random reviews",
+    "sentences": "whole sentences; training rows that are token spans of a held-out sentence dropped",
+    "rows": "random rows",
 }
 
 log = logging.getLogger(__name__)
@@ -71,6 +70,35 @@ class _ListDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return self.items[i]
+
+
+def _is_integer(label: Any) -> bool:
+    return isinstance(label, int) or re.fullmatch(r"[+-]?\d+", str(label)) is not None
+
+
+def _classes(train: list[Row], train_path: Path) -> tuple[list, Any]:
+    """The sorted distinct training labels, and ``row -> class index`` for any split (one
+    DataError line, naming file and line, for a label the training file lacks).
+
+    Labels are integers when every training label is one (a CSV's ``"2"`` and a JSONL's ``2``
+    alike), else text; so ``0/1`` files keep their order and ``neg/neu/pos`` sort as text.
+    """
+    numeric = all(_is_integer(r.label) for r in train)
+    norm = (lambda v: int(v) if _is_integer(v) else str(v)) if numeric else str
+    classes = sorted({norm(r.label) for r in train})
+    index = {c: i for i, c in enumerate(classes)}
+    shown = ", ".join(map(str, classes))
+
+    def label_of(row: Row) -> int:
+        key = norm(row.label)
+        if key not in index:
+            raise DataError(f"{row.where}: label {row.label!r} does not occur in the training file {train_path} "
+                            f"(its classes: {shown}); correct the label or add training rows with it")
+        return index[key]
+
+    if len(classes) < 2:
+        raise DataError(f"{train_path}: one class only ({shown}); a classifier needs at least 2 labels")
+    return classes, label_of
 
 
 def _check_subset(subset: Any) -> dict[str, int | None]:
@@ -90,11 +118,12 @@ def _check_subset(subset: Any) -> dict[str, int | None]:
 
 
 class ClassificationDataModule(BucketedDataModule):
-    """SST-2 / IMDB: reader -> seeded splits -> WordPiece -> length-bucketed padded batches."""
+    """``task.data`` -> reader -> seeded splits -> WordPiece -> length-bucketed padded batches."""
 
     def __init__(
         self,
         task: str = "sst2",
+        data: dict | None = None,
         data_dir: str = "data",
         cache_dir: str | None = None,
         max_len: int = 128,
@@ -114,8 +143,10 @@ class ClassificationDataModule(BucketedDataModule):
     ) -> None:
         super().__init__()
         self.set_test_split(test_split)
-        if task not in DEFAULT_VAL_SIZE:
-            raise ConfigError(f"data.task={task!r}: allowed classification tasks: sst2, imdb")
+        # the composed config's task.data; without one (code, tests), the shipped task's
+        self.dataset: Dataset = dataset(task, data_dir, data, "classification")
+        if self.dataset.kind != "classification":
+            raise ConfigError(f"data.task={task!r}: a {self.dataset.kind} dataset, not a classification one")
         if max_len < 2:
             raise ConfigError(f"data.max_len={max_len}: must be >= 2")
         if vocab_size < 100:
@@ -130,7 +161,7 @@ class ClassificationDataModule(BucketedDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.subset = _check_subset(subset)
-        self.val_size = DEFAULT_VAL_SIZE[task] if val_size is None else val_size
+        self.val_size = self.dataset.val_size if val_size is None else val_size
         self.seed = int(seed)
         self.split_seed = int(split_seed)
         self.prepend_cls = prepend_cls
@@ -138,8 +169,9 @@ class ClassificationDataModule(BucketedDataModule):
         # A Hugging Face tokenizer (local dir or hub name) instead of our WordPiece: the one a
         # pretrained model was trained with (model=hf_classifier model.pretrained=... sets it).
         self.hf_tokenizer = hf_tokenizer
-        self.num_classes = NUM_CLASSES
-        self.test_split_name = TEST_SPLIT_NAME[task]
+        self.classes: list = []  # the sorted distinct training labels, after setup
+        self.test_split_name = self.dataset.test_name or f"{task} test ({self.dataset.files['test'][0].name})"
+        self.file_signatures: dict[str, Any] = {}
         self.tokenizer = None
         self.datasets: dict[str, _ListDataset] = {}
         self.setup_seconds: float | None = None
@@ -150,39 +182,56 @@ class ClassificationDataModule(BucketedDataModule):
     # ------------------------------------------------------------------ cheap checks
     def check_files(self) -> dict[str, Path]:
         """Raise DataError naming missing files and the download command (reads nothing)."""
-        return check_files(self.task, self.data_dir)
+        return self.dataset.check_files(self.data_dir)
 
     # ------------------------------------------------------------------ setup
-    def _read(self) -> tuple[list[TextExample], list[TextExample], Path | list[Path]]:
+    @property
+    def num_classes(self) -> int:
+        """How many classes the training file has (after ``setup``)."""
+        if not self.classes:
+            raise RuntimeError("call setup() before asking for num_classes")
+        return len(self.classes)
+
+    def _read(self) -> tuple[dict[str, list[Row]], dict[str, Path]]:
         files = self.check_files()
-        if self.task == "sst2":
-            return read_glue_sst2(files["train"]), read_glue_sst2(files["dev"]), [files["train"]]
-        imdb = read_imdb(files["imdb"].parent)
-        return imdb["train"], imdb["test"], [files["imdb"]]
+        d = self.dataset
+        return read_splits(files, d.format, d.text, d.label), files
 
     def splits(self) -> tuple[dict[str, list[TextExample]], list[Path]]:
-        """The full train/val/test rows (before ``subset``) and the tokenizer's input files.
+        """The full train/val/test rows (before ``subset``), labels as class indices, and the
+        tokenizer's input files.
 
-        Also sets ``split_sizes_full`` and ``split_info`` (the validation rule and, for SST-2,
-        how many training rows were dropped because they occur inside a held-out sentence).
+        Also sets ``classes``, ``split_sizes_full`` and ``split_info`` (the validation rule and,
+        for the ``sentences`` hold-out, how many training rows were dropped because they occur
+        inside a held-out sentence).
         """
-        train_all, test, tok_inputs = self._read()
+        rows, files = self._read()
+        self.classes, label_of = _classes(rows["train"], files["train"])
+        examples = {split: [TextExample(r.text, label_of(r)) for r in split_rows] for split, split_rows in rows.items()}
+        train_all = examples["train"]
         what = f"{self.task} train"
-        if self.task == "sst2":
+        dropped = 0
+        if "val" in examples:
+            kept, held, rule = list(range(len(train_all))), [], f"the val file ({files['val'].name})"
+        elif self.dataset.val_holdout == "sentences":
             split = sentence_holdout([e.text for e in train_all], self.val_size, self.split_seed, what=what)
-            kept, held, dropped = split.kept, split.held, len(split.dropped)
+            kept, held, dropped, rule = split.kept, split.held, len(split.dropped), VAL_RULE["sentences"]
         else:
             kept, held = holdout_split(len(train_all), self.val_size, self.split_seed, what=what)
-            dropped = 0
-        out = {"train": [train_all[i] for i in kept], "val": [train_all[i] for i in held], "test": test}
+            rule = VAL_RULE["rows"]
+        out = {"train": [train_all[i] for i in kept],
+               "val": examples.get("val") or [train_all[i] for i in held],
+               "test": examples["test"]}
+        self.val_rule = rule
         self.split_sizes_full = {k: len(v) for k, v in out.items()}
-        self.split_info = {"val_rule": VAL_RULE[self.task], "train_rows_read": len(train_all),
+        self.split_info = {"val_rule": rule, "train_rows_read": len(train_all),
                            "train_rows_dropped_for_val": dropped,
                            **{f"{k}_rows": v for k, v in self.split_sizes_full.items()}}
         if dropped:
             log.info("%s: %d whole sentences held out for validation; %d training rows inside them dropped "
                      "(%d of %d rows trained on)", self.task, len(held), dropped, len(kept), len(train_all))
-        return out, tok_inputs
+        self._files = files
+        return out, [files["train"]]
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -196,9 +245,9 @@ class ClassificationDataModule(BucketedDataModule):
             "task": self.task,
             "vocab_size": self.requested_vocab_size,
             "val_size": self.val_size,
-            "val_rule": VAL_RULE[self.task],
+            "val_rule": self.val_rule,
             "split_seed": self.split_seed,
-            "inputs": content_signature(tok_inputs),
+            "inputs": self._signatures(tok_inputs),
         }
         if self.hf_tokenizer:
             self._load_hf_tokenizer()
@@ -217,6 +266,25 @@ class ClassificationDataModule(BucketedDataModule):
             rows = seeded_subset(splits[name], self.subset[name], self.split_seed + 1 + i)
             self.datasets[name] = _ListDataset(self._encode(rows))
         self.setup_seconds = time.perf_counter() - t0
+
+    def _signatures(self, paths: list[Path]) -> list:
+        """``content_signature`` of ``paths``, each file hashed once per DataModule."""
+        for p in paths:
+            if str(p) not in self.file_signatures:
+                self.file_signatures[str(p)] = content_signature([p])[0]
+        return [self.file_signatures[str(p)] for p in paths]
+
+    def data_info(self) -> dict[str, Any]:
+        """Besides the tokenizer and splits: each data file (path, bytes, sha256 of its content)
+        and the classes, for results.json."""
+        files = getattr(self, "_files", {})
+        sigs = self._signatures(list(files.values()))
+        return {
+            **super().data_info(),
+            "files": {split: {"path": str(p), "bytes": size, "sha256": digest}
+                      for (split, p), (_, size, digest) in zip(files.items(), sigs)},
+            "classes": list(self.classes),
+        }
 
     def _load_hf_tokenizer(self) -> None:
         """The pretrained model's own tokenizer; its special tokens ([CLS] ... [SEP]) are added

@@ -28,7 +28,8 @@ from typing import Callable
 
 import pooch
 
-from softmax_approx.data.files import IWSLT_SUBDIR, fetch_command
+from softmax_approx.data.datasets import shipped, shipped_names
+from softmax_approx.data.files import IWSLT_SUBDIR, MANUAL_RECIPES, fetch_command
 from softmax_approx.utils.atomic import write_text
 from softmax_approx.utils.errors import DataError
 
@@ -173,27 +174,37 @@ def download_imdb(data_dir: Path, load_dataset: Callable | None = None, **kw) ->
             raise DataError(f"{first} ; fallback failed too: {second}") from None
 
 
+def download_iwslt14(data_dir: Path, **kw) -> list[Path]:
+    """Nothing to fetch (not redistributable): say where the prepared folder is, else how to make it."""
+    if (data_dir / IWSLT_SUBDIR / "valid.de").exists():
+        return [data_dir / IWSLT_SUBDIR]
+    raise DataError(IWSLT_HELP.replace("DIR", str(data_dir)))
+
+
+#: the download recipes a task yaml may name (``task.data.download``)
+RECIPES: dict[str, Callable[..., list[Path]]] = {
+    "sst2": lambda data_dir, **kw: download_sst2(data_dir, kw.get("load_dataset")),
+    "imdb": lambda data_dir, **kw: [download_imdb(data_dir, **kw)],
+    "multi30k": lambda data_dir, **kw: download_multi30k(data_dir, **{k: v for k, v in kw.items() if k != "load_dataset"}),
+    "iwslt14": download_iwslt14,
+}
+
+
 def download(task: str, data_dir: str | Path, **kw) -> None:
-    """Fetch one task (or ``all``) into ``data_dir``; IWSLT only prints how to prepare it."""
+    """Fetch one task's dataset (its yaml's ``task.data.download`` recipe), or ``all`` of those
+    that can be fetched; IWSLT only prints how to prepare it."""
     data_dir = Path(data_dir)
     if task == "all":
-        for t in ("sst2", "imdb", "multi30k"):
-            download(t, data_dir, **kw)
+        for recipe in RECIPES:
+            if recipe not in MANUAL_RECIPES:
+                download(recipe, data_dir, **kw)
         print(IWSLT_HELP)
         return
-    if task == "sst2":
-        paths = download_sst2(data_dir, kw.get("load_dataset"))
-    elif task == "imdb":
-        paths = [download_imdb(data_dir, **kw)]
-    elif task == "multi30k":
-        paths = download_multi30k(data_dir, **{k: v for k, v in kw.items() if k != "load_dataset"})
-    elif task in ("iwslt14", "iwslt14_mini"):
-        if (data_dir / IWSLT_SUBDIR / "valid.de").exists():
-            print(f"iwslt14: found {data_dir / IWSLT_SUBDIR}")
-            return
-        raise DataError(IWSLT_HELP.replace("DIR", str(data_dir)))
-    else:
-        raise DataError(f"download {task!r}: unknown dataset; choose sst2, imdb, multi30k, iwslt14 or all "
+    if task not in shipped_names():
+        raise DataError(f"download {task!r}: unknown dataset; choose one of {', '.join(shipped_names())} or all "
                         f"(e.g. {fetch_command('sst2', data_dir)})")
-    for p in paths:
-        print(f"{task}: {p}")
+    recipe = shipped(task, data_dir).download
+    if recipe not in RECIPES:
+        raise DataError(f"task {task}: task.data.download={recipe!r} is no download recipe; known: {', '.join(RECIPES)}")
+    for p in RECIPES[recipe](data_dir, **kw):
+        print(f"{task}: {'found ' if recipe in MANUAL_RECIPES else ''}{p}")

@@ -10,11 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterable, TextIO
 
+from softmax_approx.data.datasets import shipped
 from softmax_approx.data.files import check_files, fetch_command
 from softmax_approx.utils.errors import DataError
 
-# task -> the dataset `download` fetches for it (iwslt14_mini reads iwslt14's prepared folder)
-DATASET = {"sst2": "sst2", "imdb": "imdb", "multi30k": "multi30k", "iwslt14": "iwslt14", "iwslt14_mini": "iwslt14"}
 
 
 def ensure_data(tasks: Iterable[str], data_dir: str | Path, stream: TextIO | None = None,
@@ -32,7 +31,7 @@ def ensure_data(tasks: Iterable[str], data_dir: str | Path, stream: TextIO | Non
             continue
         except DataError:
             pass
-        dataset = DATASET.get(task, task)
+        dataset = shipped(task, data_dir).download or task  # iwslt14_mini: iwslt14's recipe
         if stream is not None:
             print(f"data: {task} is missing from {data_dir}; fetching {dataset}", file=stream, flush=True)
         try:

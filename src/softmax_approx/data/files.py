@@ -1,4 +1,5 @@
-"""Which files each task needs, a cheap presence check, and where caches go.
+"""Which files each task needs (its ``task.data``: ``data/datasets.py``), a cheap presence
+check, and where caches go.
 
 Why: the config validator must tell a user that data is missing *before* a run starts, with
 the exact paths and the command that fetches them, without reading or tokenizing anything.
@@ -10,68 +11,50 @@ import os
 import stat
 from pathlib import Path
 
-from softmax_approx.utils.errors import DataError
+from softmax_approx.data.datasets import dataset, shipped, shipped_names
 
-TASKS = ("sst2", "imdb", "multi30k", "iwslt14", "iwslt14_mini")
+#: the shipped tasks whose dataset can be fetched (read from their yamls)
+TASKS = tuple(shipped_names())
 IWSLT_SUBDIR = "iwslt14/iwslt14.tokenized.de-en"
+#: download recipes that cannot fetch anything: the user supplies the archive
+MANUAL_RECIPES = {
+    "iwslt14": "`python -m softmax_approx.data prepare-iwslt14 --tgz PATH/TO/de-en.tgz --data-dir {data_dir}`"
+               " (IWSLT'14 is not redistributable: supply the original de-en.tgz)",
+}
 
 
 def fetch_command(task: str, data_dir: str | Path = "DIR") -> str:
     """The command that puts ``task``'s files into ``data_dir``."""
-    if task in ("iwslt14", "iwslt14_mini"):
-        return (
-            f"`python -m softmax_approx.data prepare-iwslt14 --tgz PATH/TO/de-en.tgz --data-dir {data_dir}`"
-            " (IWSLT'14 is not redistributable: supply the original de-en.tgz)"
-        )
+    recipe = shipped(task, data_dir).download or task
+    if recipe in MANUAL_RECIPES:
+        return MANUAL_RECIPES[recipe].format(data_dir=data_dir)
     return f"`python -m softmax_approx.data download {task} --data-dir {data_dir}` (or `make data`)"
-
-
-def _first_existing(*candidates: Path) -> Path:
-    for c in candidates:
-        if c.exists():
-            return c
-    return candidates[0]
 
 
 def expected_files(task: str, data_dir: str | Path) -> dict[str, list[Path]]:
     """Per logical file, the accepted paths (any one of them suffices), without touching disk."""
-    d = Path(data_dir)
-    if task == "sst2":
-        return {"train": [d / "sst2/train.tsv"], "dev": [d / "sst2/dev.tsv"]}
-    if task == "imdb":
-        return {"imdb": [d / "imdb/aclImdb", d / "imdb/aclImdb.tar.gz"]}
-    if task == "multi30k":
-        out = {}
-        for split in ("train", "val", "test_2016_flickr"):
-            for lang in ("de", "en"):
-                out[f"{split}.{lang}"] = [d / f"multi30k/{split}.{lang}.gz", d / f"multi30k/{split}.{lang}"]
-        return out
-    if task in ("iwslt14", "iwslt14_mini"):
-        splits = ("train", "valid", "test") if task == "iwslt14" else ("valid", "test")
-        return {f"{s}.{lang}": [d / IWSLT_SUBDIR / f"{s}.{lang}"] for s in splits for lang in ("de", "en")}
-    raise DataError(f"task={task!r}: unknown data task; allowed: {', '.join(TASKS)}")
+    return {k: list(v) for k, v in shipped(task, data_dir).files.items()}
 
 
 def resolve_files(task: str, data_dir: str | Path) -> dict[str, Path]:
     """The existing path of each logical file (first accepted one that exists)."""
-    return {k: _first_existing(*v) for k, v in expected_files(task, data_dir).items()}
+    return {k: next((p for p in v if p.exists()), v[0]) for k, v in expected_files(task, data_dir).items()}
 
 
-def check_files(task: str, data_dir: str | Path) -> dict[str, Path]:
+def check_files(task: str, data_dir: str | Path, data: dict | None = None, kind: str | None = None) -> dict[str, Path]:
     """Raise a one-line DataError listing missing files and the fetch command; else return paths.
 
-    Cheap: only ``stat`` calls, nothing is read.
+    ``data``: the composed config's ``task.data`` (a run's own files); without it, the shipped
+    task's. Cheap: only ``stat`` calls, nothing is read.
     """
-    missing = []
-    for alternatives in expected_files(task, data_dir).values():
-        if not any(p.exists() for p in alternatives):
-            missing.append(" or ".join(str(p) for p in alternatives))
-    if missing:
-        raise DataError(
-            f"task {task}: missing data file(s) {'; '.join(missing)}; fetch them with "
-            f"{fetch_command(task, data_dir)}"
-        )
-    return resolve_files(task, data_dir)
+    spec = dataset(task, data_dir, data, kind)
+    if spec.kind == "classification":
+        from softmax_approx.data.formats import format_of
+
+        for split, alternatives in spec.files.items():
+            for path in alternatives:
+                format_of(path, spec.format, f"task.data.{split}")
+    return spec.check_files(data_dir)
 
 
 def _writable_dir(path: Path) -> bool:

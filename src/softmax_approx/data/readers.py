@@ -43,6 +43,11 @@ def read_glue_sst2(path: str | Path) -> list[TextExample]:
 
     GLUE's train/dev rows carry a trailing space before the tab; it is stripped.
     """
+    return [TextExample(text, label) for _, text, label in glue_sst2_rows(path)]
+
+
+def glue_sst2_rows(path: str | Path) -> list[tuple[int, str, int]]:
+    """``(line number, sentence, label)`` of each row of a GLUE SST-2 TSV file, validated."""
     path = Path(path)
     fix = _FIX_REDOWNLOAD.format(task="sst2")
     try:
@@ -58,7 +63,7 @@ def read_glue_sst2(path: str | Path) -> list[TextExample]:
         raise DataError(
             f"{path}:1: expected GLUE SST-2 header 'sentence<TAB>label', got {lines[0][:60]!r}; {fix}"
         )
-    out: list[TextExample] = []
+    out: list[tuple[int, str, int]] = []
     for lineno, line in enumerate(lines[1:], start=2):
         line = line.rstrip("\r")
         if not line.strip():
@@ -74,7 +79,7 @@ def read_glue_sst2(path: str | Path) -> list[TextExample]:
             raise DataError(f"{path}:{lineno}: label must be 0 or 1, got {label!r}; {fix}")
         if not text:
             raise DataError(f"{path}:{lineno}: empty sentence; {fix}")
-        out.append(TextExample(text, int(label)))
+        out.append((lineno, text, int(label)))
     if not out:
         raise DataError(f"{path}: no rows after the header; {fix}")
     return out
@@ -323,6 +328,7 @@ def iter_text(pairs: Iterable[tuple[str, str]]) -> Iterable[str]:
 __all__ = [
     "TextExample",
     "read_glue_sst2",
+    "glue_sst2_rows",
     "read_imdb",
     "read_lines",
     "read_parallel",

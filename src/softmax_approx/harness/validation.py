@@ -250,4 +250,6 @@ def validate_config(cfg: DictConfig, check_data: bool = True) -> None:
     if check_data:
         from softmax_approx.data.files import check_files  # stat() calls only
 
-        check_files(cfg.task.datamodule.get("task", cfg.task.name), cfg.task.datamodule.get("data_dir", cfg.paths.data_dir))
+        data = cfg.task.get("data")  # the dataset of this config (data/datasets.py), command-line overrides included
+        check_files(cfg.task.name, cfg.task.datamodule.get("data_dir", cfg.paths.data_dir),
+                    OmegaConf.to_container(data, resolve=True) if data is not None else None, cfg.task.get("kind"))

@@ -49,6 +49,7 @@ class TransformerClassifier(nn.Module):
             attn_dropout=attn_dropout, policy=policy, policy_params=dict(policy_params or {}),
         )
         self.head = nn.Linear(d_model, n_classes)
+        self.n_classes = n_classes  # read by ClassificationTask (sizes its metrics)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         # input_ids: (B, L); attention_mask: (B, L) bool, True = real token

@@ -56,6 +56,7 @@ class HFClassifier(nn.Module):
 
         from softmax_approx.integrations import transformers as hf
 
+        self.n_classes = n_classes  # read by ClassificationTask (sizes its metrics)
         extra = dict(config or {})
         if pretrained:
             self.model = AutoModelForSequenceClassification.from_pretrained(pretrained, num_labels=n_classes, **extra)
