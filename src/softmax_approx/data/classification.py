@@ -134,6 +134,7 @@ class ClassificationDataModule(BucketedDataModule):
         num_workers: int = 0,
         subset: dict | None = None,
         val_size: int | float | None = None,
+        n_classes: int | None = None,
         seed: int = 0,
         split_seed: int = 0,
         prepend_cls: bool = False,
@@ -170,6 +171,7 @@ class ClassificationDataModule(BucketedDataModule):
         # pretrained model was trained with (model=hf_classifier model.pretrained=... sets it).
         self.hf_tokenizer = hf_tokenizer
         self.classes: list = []  # the sorted distinct training labels, after setup
+        self.expected_classes = n_classes  # task.n_classes: null = whatever the training file has
         self.test_split_name = self.dataset.test_name or f"{task} test ({self.dataset.files['test'][0].name})"
         self.file_signatures: dict[str, Any] = {}
         self.tokenizer = None
@@ -207,6 +209,10 @@ class ClassificationDataModule(BucketedDataModule):
         """
         rows, files = self._read()
         self.classes, label_of = _classes(rows["train"], files["train"])
+        if self.expected_classes is not None and self.expected_classes != len(self.classes):
+            raise DataError(f"task.n_classes={self.expected_classes}: the training file {files['train']} has "
+                            f"{len(self.classes)} classes ({', '.join(map(str, self.classes))}); set task.n_classes="
+                            f"{len(self.classes)}, or null to take the data's")
         examples = {split: [TextExample(r.text, label_of(r)) for r in split_rows] for split, split_rows in rows.items()}
         train_all = examples["train"]
         what = f"{self.task} train"

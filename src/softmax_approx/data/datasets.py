@@ -142,7 +142,3 @@ def dataset(name: str, data_dir: str | Path, data: Mapping[str, Any] | None = No
         return shipped(name, data_dir)
     return Dataset.from_node(name, kind or "classification", data)
 
-
-def dataset_kinds() -> dict[str, str]:
-    """``{task: kind}`` of the fetchable datasets."""
-    return {n: str(task_conf(n).get("kind")) for n in shipped_names()}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import json
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -60,7 +61,8 @@ def _read_delimited(path: Path, text: str, label: str, delimiter: str) -> list[R
     content = _open_text(path)
     if not content.strip():
         raise DataError(f"{path}: file is empty; it needs a header row naming the columns {text!r} and {label!r}")
-    reader = csv.reader(content.splitlines(keepends=True), delimiter=delimiter)
+    # newline="": the csv module sees the file's own line ends (a quoted field may hold one)
+    reader = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter)
     try:
         header = [h.strip() for h in next(reader)]
         missing = [c for c in (text, label) if c not in header]
@@ -97,7 +99,9 @@ def read_tsv(path: Path, split: str, text: str, label: str) -> list[Row]:
 
 def read_jsonl(path: Path, split: str, text: str, label: str) -> list[Row]:
     rows: list[Row] = []
-    for lineno, line in enumerate(_open_text(path).splitlines(), start=1):
+    # split on "\n" only: a JSON string may hold U+2028 and the like, which str.splitlines splits on
+    for lineno, line in enumerate(_open_text(path).split("\n"), start=1):
+        line = line.rstrip("\r")
         if not line.strip():
             continue
         where = f"{path}:{lineno}"

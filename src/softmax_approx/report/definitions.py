@@ -192,7 +192,7 @@ def _load_yaml(path: Path) -> dict[str, Any]:
 
 
 def load_common(exp_dir: Path | str | None = None) -> dict[str, Any]:
-    """experiments/_common.yaml (task_kinds, per-profile overrides); empty if absent."""
+    """experiments/_common.yaml (per-profile overrides, optional task_kinds); empty if absent."""
     exp_dir = Path(exp_dir) if exp_dir else default_experiments_dir()
     path = exp_dir / "_common.yaml"
     return _load_yaml(path) if path.exists() else {}

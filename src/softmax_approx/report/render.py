@@ -25,6 +25,7 @@ from softmax_approx.report.definitions import (
 from softmax_approx.report.io import write_text
 from softmax_approx.report.results import Cell, Record, aggregate, load_results
 from softmax_approx.utils.errors import ConfigError
+from softmax_approx.utils.task_conf import task_kinds
 
 MANIFEST = "reproduce.json"
 
@@ -81,7 +82,8 @@ def render_report(out: Path | str, runs_dir: Path | str | None = None,
     exps = select(all_exps, only)
     by_name = {e.name: e for e in all_exps}
     common = load_common(exp_dir)
-    kinds = dict(common.get("task_kinds") or {})
+    # each task's kind from its yaml (conf/task/); _common.yaml's task_kinds may add tasks of your own
+    kinds = {**task_kinds(), **(common.get("task_kinds") or {})}
     rep = Report(profile, records=records, experiments=by_name, task_kinds=kinds)
     rep.cells = build_cells(all_exps, records, common)
     rep.bench = {e.name: bench_mod.load_bench(out, e) for e in all_exps if e.kind == "bench"}
