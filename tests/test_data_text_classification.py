@@ -277,9 +277,9 @@ def test_shipped_datasets_read_as_the_readers_compose_them(tmp_path, task, layou
 
 def test_shipped_defaults_come_from_the_task_yamls(tmp_path):
     sst2, imdb = (ClassificationDataModule(task=t, data_dir=str(tmp_path)) for t in ("sst2", "imdb"))
-    assert (sst2.val_size, sst2.dataset.val_holdout, sst2.test_split_name) == (
+    assert (sst2.val_size, sst2.spec.val_holdout, sst2.test_split_name) == (
         872, "sentences", "sst2 dev (GLUE; test labels not public)")
-    assert (imdb.val_size, imdb.dataset.val_holdout, imdb.test_split_name) == (
+    assert (imdb.val_size, imdb.spec.val_holdout, imdb.test_split_name) == (
         1000, "rows", "imdb test (official, 25,000 reviews)")
 
 

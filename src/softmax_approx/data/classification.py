@@ -145,9 +145,9 @@ class ClassificationDataModule(BucketedDataModule):
         super().__init__()
         self.set_test_split(test_split)
         # the composed config's task.data; without one (code, tests), the shipped task's
-        self.dataset: Dataset = dataset(task, data_dir, data, "classification")
-        if self.dataset.kind != "classification":
-            raise ConfigError(f"data.task={task!r}: a {self.dataset.kind} dataset, not a classification one")
+        self.spec: Dataset = dataset(task, data_dir, data, "classification")
+        if self.spec.kind != "classification":
+            raise ConfigError(f"data.task={task!r}: a {self.spec.kind} dataset, not a classification one")
         if max_len < 2:
             raise ConfigError(f"data.max_len={max_len}: must be >= 2")
         if vocab_size < 100:
@@ -162,7 +162,7 @@ class ClassificationDataModule(BucketedDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.subset = _check_subset(subset)
-        self.val_size = self.dataset.val_size if val_size is None else val_size
+        self.val_size = self.spec.val_size if val_size is None else val_size
         self.seed = int(seed)
         self.split_seed = int(split_seed)
         self.prepend_cls = prepend_cls
@@ -172,7 +172,7 @@ class ClassificationDataModule(BucketedDataModule):
         self.hf_tokenizer = hf_tokenizer
         self.classes: list = []  # the sorted distinct training labels, after setup
         self.expected_classes = n_classes  # task.n_classes: null = whatever the training file has
-        self.test_split_name = self.dataset.test_name or f"{task} test ({self.dataset.files['test'][0].name})"
+        self.test_split_name = self.spec.test_name or f"{task} test ({self.spec.files['test'][0].name})"
         self.file_signatures: dict[str, Any] = {}
         self.tokenizer = None
         self.datasets: dict[str, _ListDataset] = {}
@@ -184,7 +184,7 @@ class ClassificationDataModule(BucketedDataModule):
     # ------------------------------------------------------------------ cheap checks
     def check_files(self) -> dict[str, Path]:
         """Raise DataError naming missing files and the download command (reads nothing)."""
-        return self.dataset.check_files(self.data_dir)
+        return self.spec.check_files(self.data_dir)
 
     # ------------------------------------------------------------------ setup
     @property
@@ -196,7 +196,7 @@ class ClassificationDataModule(BucketedDataModule):
 
     def _read(self) -> tuple[dict[str, list[Row]], dict[str, Path]]:
         files = self.check_files()
-        d = self.dataset
+        d = self.spec
         return read_splits(files, d.format, d.text, d.label), files
 
     def splits(self) -> tuple[dict[str, list[TextExample]], list[Path]]:
@@ -219,7 +219,7 @@ class ClassificationDataModule(BucketedDataModule):
         dropped = 0
         if "val" in examples:
             kept, held, rule = list(range(len(train_all))), [], f"the val file ({files['val'].name})"
-        elif self.dataset.val_holdout == "sentences":
+        elif self.spec.val_holdout == "sentences":
             split = sentence_holdout([e.text for e in train_all], self.val_size, self.split_seed, what=what)
             kept, held, dropped, rule = split.kept, split.held, len(split.dropped), VAL_RULE["sentences"]
         else:
