@@ -111,6 +111,25 @@ def test_train_text_classification_on_jsonl_with_integer_labels_and_a_val_file(t
     assert rec["data"]["files"]["val"]["sha256"] == _sha256(val_file)
 
 
+def test_a_dataset_of_your_own_is_one_yaml_in_your_config_dir(tmp_path):
+    """No package file touched: a task yaml extending text_classification, found through
+    hydra.searchpath, names its files under the data folder (GLUE-like TSV, labels y)."""
+    conf = tmp_path / "myconf" / "task"
+    conf.mkdir(parents=True)
+    (conf / "mydata.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - text_classification\n  - _self_\n"
+        "task:\n  name: mydata\n  data:\n    train: ${paths.data_dir}/mydata/train.tsv\n"
+        "    test: ${paths.data_dir}/mydata/test.tsv\n    text: review\n    label: sentiment\n")
+    (tmp_path / "data" / "mydata").mkdir(parents=True)
+    write_csv(tmp_path / "data" / "mydata" / "train.tsv", 40, labels=("yes", "no"), delimiter="\t")
+    write_csv(tmp_path / "data" / "mydata" / "test.tsv", 10, labels=("no", "yes"), delimiter="\t")
+    cfg = compose_cfg([f"hydra.searchpath=[file://{tmp_path / 'myconf'}]", "task=mydata"], tmp_path / "run", tmp_path / "data")
+    metrics, objects = train(cfg)
+    rec = objects["record"]
+    assert (rec["status"], rec["task"], rec["data"]["classes"]) == ("completed", "mydata", ["no", "yes"])
+    assert rec["test_split"] == "mydata test (test.tsv)" and 0.0 <= metrics["test/acc"] <= 1.0
+
+
 # --------------------------------------------------------------------------- labels and splits
 def test_classes_are_the_sorted_training_labels_integers_numerically(tmp_path):
     dm = _dm(tmp_path, train=write_csv(tmp_path / "a.csv", 30, labels=("10", "2", "1")),
