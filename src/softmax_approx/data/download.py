@@ -195,9 +195,10 @@ def download(task: str, data_dir: str | Path, **kw) -> None:
     that can be fetched; IWSLT only prints how to prepare it."""
     data_dir = Path(data_dir)
     if task == "all":
-        for recipe in RECIPES:
+        for recipe, fetch_recipe in RECIPES.items():
             if recipe not in MANUAL_RECIPES:
-                download(recipe, data_dir, **kw)
+                for p in fetch_recipe(data_dir, **kw):
+                    print(f"{recipe}: {p}")
         print(IWSLT_HELP)
         return
     if task not in shipped_names():
