@@ -13,6 +13,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from softmax_approx.utils.extras import require
+
+require("harness")  # first: without the extra, one line naming it instead of an ImportError
+
 from softmax_approx.utils.errors import UserError
 
 TASK_CHOICES = ["sst2", "imdb", "multi30k", "iwslt14", "iwslt14_mini", "all"]  # iwslt14_mini: the iwslt14 files
