@@ -6,10 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from softmax_approx.utils.extras import require
-
-require("harness")  # first: without the extra, one line naming it instead of an ImportError
-
 from softmax_approx.utils.errors import UserError
 
 
