@@ -29,10 +29,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[harness,hf,test]'
 	touch $@
 
-setup: $(VENV)/.installed ## create .venv with torch (CPU) and the project + test extras
+setup: $(VENV)/.installed ## create .venv: torch (CPU), then the project with the harness, hf and test extras
 
 test: setup ## run the default (fast) test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -60,7 +60,11 @@ reproduce: setup ## run every experiment of PROFILE into OUT, then render tables
 tables: setup ## re-render OUT/tables and OUT/figures from existing results.json files
 	$(PY) -m softmax_approx.report --out $(OUT)
 
+dist: setup ## build the sdist and the wheel into dist/ and check them with twine
+	$(PY) -m build --outdir dist .
+	$(PY) -m twine check --strict dist/*
+
 clean: ## remove build artefacts (keeps .venv and outputs)
 	rm -rf .pytest_cache build dist src/*.egg-info
 
-.PHONY: help setup test test-slow test-all bench gpu-check data reproduce tables clean
+.PHONY: help setup test test-slow test-all bench gpu-check data reproduce tables dist clean

@@ -4,6 +4,10 @@ Every ``import``/``from ... import`` counts, also those inside functions (a lazy
 a dependency). A module may import its own package and any package of a lower layer; the entry
 points (train, eval, reproduce, bench) may import anything. ``report`` reads results.json files
 only: it may import ``utils`` and nothing that needs torch, Lightning or Hydra.
+
+The last tests check the installed dependency set in subprocesses: the library (core, nn, the
+attention benchmark, the Transformers integration) imports and runs with every package of the
+harness extra absent.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import ast
 from pathlib import Path
 
 import pytest
+
+from fixtures_blocked_imports import BLOCKED, run_without
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "softmax_approx"
 
@@ -100,3 +106,64 @@ def test_the_check_would_catch_an_upward_import(src, name, monkeypatch):
     monkeypatch.setattr(__import__(__name__), "_edges", lambda: fake)
     with pytest.raises(AssertionError, match="upward imports"):
         test_nothing_imports_upward()
+
+
+# -- the installed dependency set: what the library modules import at run time --------------
+
+#: the library of the bare install (pyproject.toml `dependencies`: torch, NumPy)
+LIBRARY_MODULES = ["softmax_approx", "softmax_approx.core", "softmax_approx.nn", "softmax_approx.bench"]
+
+
+def test_the_library_imports_nothing_beyond_torch_numpy_and_the_standard_library():
+    """Importing core, nn and the attention benchmark loads no top-level module that importing
+    torch and NumPy alone does not (a guarded ``try: import lightning`` would show here too)."""
+    code = (
+        "import sys, torch, numpy\n"
+        "before = {m.split('.')[0] for m in sys.modules}\n"
+        f"for m in {LIBRARY_MODULES!r}: __import__(m)\n"
+        "new = {m.split('.')[0] for m in sys.modules} - before - set(sys.stdlib_module_names) - {'softmax_approx'}\n"
+        "print(sorted(new))\n"
+    )
+    proc = run_without([], code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", f"the library imports more than torch and NumPy: {proc.stdout}"
+
+
+def test_the_library_works_without_the_harness_and_transformers():
+    """With every harness package and Transformers absent, core, nn and the attention benchmark
+    import and run (a forward+backward through a patched nn.TransformerEncoderLayer)."""
+    code = (
+        "import torch\n"
+        "from softmax_approx.core import attention\n"
+        "from softmax_approx.nn import patch\n"
+        "import softmax_approx.bench\n"
+        "layer = torch.nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)\n"
+        "assert patch(layer, 'paper', S=2) == ['self_attn']\n"
+        "layer(torch.randn(2, 5, 16)).sum().backward()\n"
+        "q = torch.randn(1, 2, 6, 8, requires_grad=True)\n"
+        "attention(q, q, q, policy='topk', keep_ratio=0.5).sum().backward()\n"
+        "print('ok')\n"
+    )
+    proc = run_without([*BLOCKED["harness"], *BLOCKED["hf"]], code)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_the_transformers_integration_needs_only_transformers():
+    """integrations.transformers imports with the harness absent (Transformers' own requirements,
+    e.g. tokenizers and PyYAML, stay importable: the hf extra installs them)."""
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    own = {Requirement(r).name.lower().replace("-", "_") for r in requires("transformers") or []
+           if "extra ==" not in r}
+    own |= {"yaml"} if "pyyaml" in own else set()
+    blocked = [m for m in BLOCKED["harness"] if m not in own]
+    proc = run_without(blocked, "import softmax_approx.integrations.transformers\nprint('ok')\n")
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_the_blocker_would_catch_a_harness_import():
+    """The check itself can fail: a harness module is refused inside the subprocess."""
+    proc = run_without(BLOCKED["harness"], "import softmax_approx.harness.build\n")
+    assert proc.returncode != 0 and "No module named" in proc.stderr

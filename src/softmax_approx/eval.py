@@ -16,6 +16,10 @@ import sys
 import warnings
 from typing import Any
 
+from softmax_approx.utils.extras import require
+
+require("harness")  # first: without the extra, one line naming it instead of an ImportError
+
 import hydra
 from omegaconf import DictConfig
 

@@ -30,6 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from softmax_approx.utils.extras import require
+
+require("harness")  # first: without the extra, one line naming it instead of an ImportError
+
 from softmax_approx.report.definitions import (
     Experiment,
     Plan,

@@ -23,6 +23,10 @@ import sys
 import time
 from typing import Any
 
+from softmax_approx.utils.extras import require
+
+require("harness")  # first: without the extra, one line naming it instead of an ImportError
+
 import hydra
 import lightning as L
 from omegaconf import DictConfig

@@ -26,6 +26,10 @@ import json
 import time
 from pathlib import Path
 
+from softmax_approx.utils.extras import require
+
+require("harness")  # first: without the extra, one line naming it instead of an ImportError
+
 import torch
 
 from ._common import add_output_args, write_outputs

@@ -34,6 +34,10 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from softmax_approx.utils.extras import require
+
+require("harness")  # first: without the extra, one line naming it instead of an ImportError
+
 import torch
 
 from . import attention as bench

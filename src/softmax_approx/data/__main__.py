@@ -13,6 +13,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from softmax_approx.utils.extras import require
+
+require("harness")  # first: without the extra, one line naming it instead of an ImportError
+
 from softmax_approx.utils.errors import UserError
 
 DATA_DIR_HELP = "where the datasets live (default: $SOFTMAX_APPROX_DATA, else the user's data cache)"

@@ -8,6 +8,11 @@ Public API (used by `python -m softmax_approx.report`, `reproduce` and the noteb
     report.tables["quality"].to_markdown()
 """
 
+# before the imports below: without the harness extra (PyYAML, matplotlib) one line names it
+from softmax_approx.utils.extras import require
+
+require("harness", "softmax_approx.report")
+
 from softmax_approx.report.definitions import (
     Experiment,
     Setting,
