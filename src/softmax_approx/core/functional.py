@@ -192,20 +192,16 @@ def _fused_scores(q, k, bias, scale):
 
 
 def _plain(q, k, v, mask, bias, causal, p, scale, seed):
-    """Exact attention for calls that need no gradient (eval, no_grad, inference mode). Its
-    dropout is the fused function's: the same seed drops the same entries of the same shape."""
+    """Exact attention for calls that need no gradient (eval, no_grad, inference mode): the
+    fused forward's own arithmetic and seeded dropout without keeping anything, so the no-grad
+    first pass of a reentrant checkpoint and its recomputation agree bit for bit."""
     heads = q.shape[-3] if q.dim() >= 3 else 1
-    scores = _scores(q, k, bias, scale)
     valid = valid_mask(mask, causal, q.shape[-2], k.shape[-2], q.device)
-    if valid is not None:
-        scores = scores.masked_fill(~valid, float("-inf"))
-    probs = torch.softmax(scores, dim=-1, dtype=work_dtype(scores.dtype)).to(q.dtype)
+    scores = _fused_scores(q, k, bias, scale).expand(_score_shape(q, k, mask, bias))
+    probs = masked_softmax(scores, valid)[0].to(q.dtype)
     if p > 0:
-        probs = _dropout.apply_dropout(probs.expand(_score_shape(q, k, mask, bias)), seed, p)
-    out = probs @ _repeat_kv(v, heads)
-    if valid is not None or bias is not None:  # rows with no valid key: zero, not NaN
-        out = out.masked_fill(scores.amax(-1, keepdim=True) == float("-inf"), 0.0)
-    return out
+        probs = _dropout.apply_dropout(probs, seed, p, inplace=True)
+    return probs @ _repeat_kv(v, heads)
 
 
 def _eager(q, k, v, mask, bias, causal, p, scale):
