@@ -273,8 +273,9 @@ def apply(model: nn.Module, policy: str = DEFAULT_POLICY, **params) -> int:
     ``policy`` is any core policy; parameters are validated as ``core.attention`` does
     (``ValueError`` naming the parameter). ``eager`` and ``sdpa`` select Transformers' own
     implementations of those names. The choice is written to ``config.softmax_approx`` and
-    ``config._attn_implementation``; ``save_pretrained`` writes both to ``config.json`` and a
-    plain ``from_pretrained(dir)`` loads the model with the same policy.
+    ``config._attn_implementation`` (for ``eager``/``sdpa``, ``config.softmax_approx = None``);
+    ``save_pretrained`` writes both to ``config.json`` and a plain ``from_pretrained(dir)`` loads
+    the model with the same implementation and policy.
     """
     if not isinstance(model, PreTrainedModel):
         raise TypeError(f"apply(model, ...): expected a transformers PreTrainedModel, got {type(model).__name__}")
@@ -285,12 +286,10 @@ def apply(model: nn.Module, policy: str = DEFAULT_POLICY, **params) -> int:
             f"{type(model).__name__} has no attention layer that uses Transformers' AttentionInterface; "
             "it cannot be switched (only models whose attention calls ALL_ATTENTION_FUNCTIONS can)"
         )
-    if pol.name in NATIVE:
-        implementation = pol.name
-    else:
-        implementation = NAME
-        for cfg in _configs(model):
-            setattr(cfg, CONFIG_KEY, {"policy": pol.name, **pol.params})
+    implementation = pol.name if pol.name in NATIVE else NAME
+    spec = None if pol.name in NATIVE else {"policy": pol.name, **pol.params}
+    for cfg in _configs(model):  # an entry, even None, makes config.json keep the implementation
+        setattr(cfg, CONFIG_KEY, spec)
     model.set_attn_implementation(implementation)
     wrong = [n for n, m in layers if getattr(getattr(m, "config", None), "_attn_implementation", implementation) != implementation]
     if wrong:
