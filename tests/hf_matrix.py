@@ -223,7 +223,10 @@ if __name__ == "__main__":
     ap.add_argument("--out", help="also write the markdown table here")
     args = ap.parse_args()
     transformers.logging.set_verbosity_error()
-    done = [run_cell(*key) for key in all_cells()]
+    done = []
+    for key in all_cells():
+        done.append(run_cell(*key))
+        print(table(done[-1:]).splitlines()[-1], file=sys.stderr, flush=True)  # progress
     text = table(done)
     print(text)
     if args.out:
