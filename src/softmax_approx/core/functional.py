@@ -172,7 +172,9 @@ def attention(
             return _eager(q, k, v, mask, bias, causal, p, scale)
         if pol.name == "sdpa":
             return _sdpa(q, k, v, mask, bias, causal, p, scale)
-        if not fused:  # nothing to keep: plain exact attention, no sort, no state
+        if not fused and not training:  # inference: PyTorch's softmax, nothing kept
+            return _inference(q, k, v, mask, bias, causal, scale)
+        if not fused:  # training without gradients (a checkpoint's first pass): nothing kept
             return _plain(q, k, v, mask, bias, causal, p, scale, seed)
         name, param = (pol.name, pol.param) if training else ("recompute", None)
         return _FusedAttention.apply(q, k, v, mask, bias, seed, causal, p, scale, name, param)
@@ -191,10 +193,24 @@ def _fused_scores(q, k, bias, scale):
     return scores if bias is None else scores + bias.to(scores.dtype)
 
 
+def _inference(q, k, v, mask, bias, causal, scale):
+    """Exact attention for gradient-free calls with ``training=False`` (eval, inference)."""
+    heads = q.shape[-3] if q.dim() >= 3 else 1
+    scores = _scores(q, k, bias, scale)
+    valid = valid_mask(mask, causal, q.shape[-2], k.shape[-2], q.device)
+    if valid is not None:
+        scores = scores.masked_fill(~valid, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=work_dtype(scores.dtype)).to(q.dtype)
+    out = probs @ _repeat_kv(v, heads)
+    if valid is not None or bias is not None:  # rows with no valid key: zero, not NaN
+        out = out.masked_fill(scores.amax(-1, keepdim=True) == float("-inf"), 0.0)
+    return out
+
+
 def _plain(q, k, v, mask, bias, causal, p, scale, seed):
-    """Exact attention for calls that need no gradient (eval, no_grad, inference mode): the
-    fused forward's own arithmetic and seeded dropout without keeping anything, so the no-grad
-    first pass of a reentrant checkpoint and its recomputation agree bit for bit."""
+    """Gradient-free attention in training (``torch.no_grad()``, the first pass of a reentrant
+    activation checkpoint): the fused forward's own arithmetic and seeded dropout, keeping
+    nothing, so that pass and its recomputation agree bit for bit."""
     heads = q.shape[-3] if q.dim() >= 3 else 1
     valid = valid_mask(mask, causal, q.shape[-2], k.shape[-2], q.device)
     scores = _fused_scores(q, k, bias, scale).expand(_score_shape(q, k, mask, bias))
