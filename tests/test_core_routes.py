@@ -65,6 +65,17 @@ def test_compiled_dropout_draws_the_eager_mask(policy):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("checkpointing", ["reentrant", "non_reentrant"])
+@pytest.mark.parametrize("policy", [p for p in POLICY_NAMES if p not in ("eager", "sdpa")])
+def test_checkpointed_dropout_inside_a_compiled_function(policy, checkpointing):
+    """torch.utils.checkpoint inside torch.compile(fullgraph=True): the fused policies'
+    recomputation still drops what the plain forward dropped (PyTorch's own dropout does not
+    under backend="eager", which is why the Transformers matrix reports those routes n/a)."""
+    for a, b in zip(_step(policy, checkpointing, compiled=True), _step(policy, "none")):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
 def test_no_grad_forward_equals_the_grad_forward_with_dropout():
     q, k, v = _qkv()
     torch.manual_seed(3)
