@@ -106,12 +106,12 @@ def test_fused_policies_do_not_save_repeated_keys_and_values():
     assert r.softmax_state_bytes == 4 * 2 * 8 * 16                       # one fp32 lse per row
 
 
-def test_float_mask_is_an_additive_bias_and_bool_mask_means_may_attend():
+def test_additive_float_mask_goes_to_bias_and_bool_mask_means_may_attend():
     q, k, v, g = _inputs(hkv=4)
     keep = torch.rand(2, 1, 10, 12, generator=g) > 0.4
     additive = torch.zeros(keep.shape, dtype=torch.float64).masked_fill(~keep, float("-inf"))
     a = attention(q, k, v, mask=keep, policy="paper")
-    b = attention(q, k, v, mask=additive, policy="paper")
+    b = attention(q, k, v, bias=additive, policy="paper")
     torch.testing.assert_close(a, b)
 
 

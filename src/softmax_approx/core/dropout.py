@@ -5,24 +5,18 @@ makes runs reproducible) as a small CPU tensor, saved for backward like FlashAtt
 state; backward rebuilds the bit-identical mask from it. Reading a CPU tensor is no device
 sync, so CUDA calls do not wait on the GPU.
 
-Two generators, one per execution mode (forward and backward always run in the same one):
-
-* eager: ``torch.rand`` from a private ``torch.Generator`` seeded with the seed's value (fast,
-  vectorised);
-* under ``torch.compile``: a counter-based hash of (seed, element index), plain tensor ops that
-  trace without a graph break and fuse into one kernel: three xorshift-multiply rounds on
-  32-bit values held in int64 (multipliers below 2**31, so products never overflow and every
-  backend computes the same bits); the top 24 bits give u in [0, 1).
-
-An entry is kept when u >= p. The two modes draw different (equally distributed) masks.
+One function of the seed on every path: ``torch.rand`` from a private ``torch.Generator``
+seeded with the seed's value, wrapped in a custom operator (``softmax_approx::seeded_uniform``)
+that ``torch.compile`` keeps as one opaque call, so eager mode, compiled graphs and a
+recomputation that runs outside the compiled graph (reentrant activation checkpointing)
+all draw the same mask from the same seed. An entry is kept when u >= p.
 """
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Sequence
 
-_M32 = 0xFFFFFFFF
-_ROUNDS = ((16, 0x7FEB352D), (15, 0x2C1B3C6D), (16, 0x297A2D39))
+import torch
 
 
 def draw_seed(device: torch.device | None = None) -> torch.Tensor:
@@ -31,26 +25,21 @@ def draw_seed(device: torch.device | None = None) -> torch.Tensor:
     return torch.randint(0, 2**31, (2,), dtype=torch.long)
 
 
-def _mix(x: torch.Tensor) -> torch.Tensor:
-    for shift, mult in _ROUNDS:
-        x = ((x ^ (x >> shift)) * mult) & _M32
-    return x ^ (x >> 16)
+@torch.library.custom_op("softmax_approx::seeded_uniform", mutates_args=())
+def _seeded_uniform(seed: torch.Tensor, shape: Sequence[int], device: torch.device) -> torch.Tensor:
+    gen = torch.Generator(device=device)
+    gen.manual_seed((int(seed[0]) << 31) | int(seed[1]))
+    return torch.rand(shape, generator=gen, device=device)
+
+
+@_seeded_uniform.register_fake
+def _(seed, shape, device):
+    return torch.empty(shape, device=device)
 
 
 def _uniform(seed: torch.Tensor, shape: torch.Size, device: torch.device) -> torch.Tensor:
     """float32 u in [0, 1) per entry, fully determined by seed (see the module docstring)."""
-    if not torch.compiler.is_compiling():
-        gen = torch.Generator(device=device)
-        gen.manual_seed((int(seed[0]) << 31) | int(seed[1]))
-        return torch.rand(shape, generator=gen, device=device)
-    seed = seed.to(device)
-    numel = 1
-    for s in shape:
-        numel *= s
-    idx = torch.arange(numel, device=device, dtype=torch.long)
-    x = _mix((idx ^ seed[0]) & _M32)
-    x = _mix(x ^ seed[1])
-    return ((x >> 8).to(torch.float32) * (1.0 / 2**24)).view(shape)
+    return _seeded_uniform(seed, list(shape), torch.device(device))
 
 
 def keep_mask(seed: torch.Tensor, shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:

@@ -11,17 +11,29 @@ Forward is exact for every policy. What differs is what is kept for backward:
                 and uses the rebuilt probabilities for dV as well as for the softmax gradient.
                 Backward memory is O(n^2) per head: no per-row n x n Jacobian.
 
-Masks: bool, True = may attend, broadcastable to (..., Lq, Lk). ``causal=True`` adds a
-top-left-aligned lower-triangular mask (query i sees keys 0..i), as PyTorch's ``is_causal``.
-A row with no valid key gives a zero output and zero gradients.
+Masks: bool, True = may attend, broadcastable to (..., Lq, Lk); a float mask is refused (an
+additive float term goes to ``bias=``, a 0/1 keep-mask is ``mask=m.bool()``). ``causal=True`` adds
+a top-left-aligned lower-triangular mask (query i sees keys 0..i), as PyTorch's ``is_causal``.
+A row with no valid key gives a zero output and zero gradients; so does every row when there is
+no key at all (Lk = 0). q, k, v must be floating point.
+
+Dropout is one function of one seed on every path: the fused policies draw the seed from the
+global CPU RNG whether or not gradients are needed, so the no-grad first pass of a reentrant
+activation checkpoint and its recomputation (torch restores the RNG state in between) drop the
+same entries. ``eager`` and ``sdpa`` use PyTorch's own dropout (global RNG, also restored).
 
 Non-finite logits: -inf acts as a mask. A row with NaN or +inf logits gives a NaN output row
 under every policy (as ``torch.softmax`` does); other rows are unaffected. Training loops are
 expected to stop on a non-finite loss.
+
+Gradients are first order: the fused functions' backward raises when it runs with grad mode on
+(``create_graph=True``, ``gradgradcheck``), rather than return a gradient without a graph;
+``eager`` supports double backward.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -74,6 +86,9 @@ def masked_softmax(scores: torch.Tensor, valid: torch.Tensor | None) -> tuple[to
 
 
 def _check_inputs(q, k, v, mask, bias, dropout_p) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not t.is_floating_point():
+            raise TypeError(f"attention: {name} must be a floating-point tensor, got {t.dtype}")
     if q.dim() < 2 or k.dim() != q.dim() or v.dim() != q.dim():
         raise ValueError(f"attention: q, k, v must have the same rank >= 2, got {q.shape}, {k.shape}, {v.shape}")
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
@@ -130,7 +145,7 @@ def attention(
 
     q: (..., Hq, Lq, D), k: (..., Hkv, Lk, D), v: (..., Hkv, Lk, Dv); returns (..., Hq, Lq, Dv).
     Hq a multiple of Hkv (grouped-/multi-query attention); batch dims broadcast.
-    `mask`: bool, True = may attend; a float mask is an additive bias. `bias`: float, additive,
+    `mask`: bool, True = may attend (a float mask raises TypeError). `bias`: float, additive,
     broadcastable to (..., Lq, Lk), -inf = masked; its gradient is returned when it requires grad.
     `scale` defaults to 1/sqrt(D). Dropout only when `training`. `params` are the policy's
     parameters (``S`` for ``paper``, ``keep_ratio`` for ``topk``, ``bits`` for ``quant``);
@@ -138,23 +153,29 @@ def attention(
     """
     pol = make_policy(policy, **params)
     if mask is not None and mask.dtype != torch.bool:
-        if not mask.is_floating_point():
-            raise TypeError(f"attention: mask must be bool (True = may attend) or float (additive), got {mask.dtype}")
-        bias, mask = (mask if bias is None else bias + mask), None
+        raise TypeError(
+            f"attention: mask must be a bool tensor (True = may attend), got {mask.dtype}; "
+            "pass an additive float mask as bias=, a 0/1 keep-mask as mask=m.bool()"
+        )
     _check_inputs(q, k, v, mask, bias, dropout_p)
     p = float(dropout_p) if training else 0.0
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if q.shape[-2] == 0 or k.shape[-2] == 0:  # no query or no key: zero rows, zero gradients
+        return _eager(q, k, v, mask, bias, causal, 0.0, scale)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, bias))
     fused = pol.name not in ("eager", "sdpa") and needs_grad
-    # the seed (16 bytes) is an input of the fused function, like q, k, v: not softmax state
-    seed = _dropout.draw_seed(q.device) if fused and p > 0 else None
+    # One seed per call for every non-PyTorch policy, gradients or not, drawn the same way on
+    # every path (see the module docstring). 16 bytes, an input of the fused function like q.
+    seed = _dropout.draw_seed(q.device) if pol.name not in ("eager", "sdpa") and p > 0 else None
     with attention_scope(q, k, v, mask, bias, seed):
         if pol.name == "eager":
             return _eager(q, k, v, mask, bias, causal, p, scale)
         if pol.name == "sdpa":
             return _sdpa(q, k, v, mask, bias, causal, p, scale)
-        if not fused:  # nothing to keep: plain exact attention, no sort, no state
-            return _plain(q, k, v, mask, bias, causal, p, scale)
+        if not fused and not training:  # inference: PyTorch's softmax, nothing kept
+            return _inference(q, k, v, mask, bias, causal, scale)
+        if not fused:  # training without gradients (a checkpoint's first pass): nothing kept
+            return _plain(q, k, v, mask, bias, causal, p, scale, seed)
         name, param = (pol.name, pol.param) if training else ("recompute", None)
         return _FusedAttention.apply(q, k, v, mask, bias, seed, causal, p, scale, name, param)
 
@@ -172,20 +193,31 @@ def _fused_scores(q, k, bias, scale):
     return scores if bias is None else scores + bias.to(scores.dtype)
 
 
-def _plain(q, k, v, mask, bias, causal, p, scale):
-    """Exact attention for calls that need no gradient (eval, no_grad, inference mode)."""
+def _inference(q, k, v, mask, bias, causal, scale):
+    """Exact attention for gradient-free calls with ``training=False`` (eval, inference)."""
     heads = q.shape[-3] if q.dim() >= 3 else 1
     scores = _scores(q, k, bias, scale)
     valid = valid_mask(mask, causal, q.shape[-2], k.shape[-2], q.device)
     if valid is not None:
         scores = scores.masked_fill(~valid, float("-inf"))
     probs = torch.softmax(scores, dim=-1, dtype=work_dtype(scores.dtype)).to(q.dtype)
-    if p > 0:
-        probs = F.dropout(probs, p=p, training=True)
     out = probs @ _repeat_kv(v, heads)
     if valid is not None or bias is not None:  # rows with no valid key: zero, not NaN
         out = out.masked_fill(scores.amax(-1, keepdim=True) == float("-inf"), 0.0)
     return out
+
+
+def _plain(q, k, v, mask, bias, causal, p, scale, seed):
+    """Gradient-free attention in training (``torch.no_grad()``, the first pass of a reentrant
+    activation checkpoint): the fused forward's own arithmetic and seeded dropout, keeping
+    nothing, so that pass and its recomputation agree bit for bit."""
+    heads = q.shape[-3] if q.dim() >= 3 else 1
+    valid = valid_mask(mask, causal, q.shape[-2], k.shape[-2], q.device)
+    scores = _fused_scores(q, k, bias, scale).expand(_score_shape(q, k, mask, bias))
+    probs = masked_softmax(scores, valid)[0].to(q.dtype)
+    if p > 0:
+        probs = _dropout.apply_dropout(probs, seed, p, inplace=True)
+    return probs @ _repeat_kv(v, heads)
 
 
 def _eager(q, k, v, mask, bias, causal, p, scale):
@@ -212,7 +244,8 @@ def _sdpa(q, k, v, mask, bias, causal, p, scale):
             k, v, gqa = _repeat_kv(k, q.shape[-3]), _repeat_kv(v, q.shape[-3]), False
     kw = {"enable_gqa": True} if gqa else {}
     if mask is None and bias is None:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal, scale=scale, **kw)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal, scale=scale, **kw)
+        return out.masked_fill(_non_finite_rows(q, k), float("nan"))
     valid = _valid_with_bias(valid_mask(mask, causal, q.shape[-2], k.shape[-2], q.device), bias)
     row_any = valid.any(-1, keepdim=True)
     if bias is None:
@@ -224,6 +257,32 @@ def _sdpa(q, k, v, mask, bias, causal, p, scale):
         attn_mask = attn_mask.masked_fill(~row_any, 0.0)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, scale=scale, **kw)
     return out.masked_fill(~row_any, 0.0)
+
+
+def _non_finite_rows(q, k) -> torch.Tensor:
+    """(..., Hq, Lq, 1) True where a row's logits are not all finite because its query or a key
+    is not (no mask: every key counts). PyTorch's unmasked CPU kernel returns zeros for such a
+    row; every other policy returns NaN, as ``torch.softmax`` does. O(L * D), no n x n pass."""
+    bad_q = ~torch.isfinite(q).all(-1, keepdim=True)
+    bad_k = ~torch.isfinite(k).flatten(-2).all(-1)[..., None, None]     # (..., Hkv, 1, 1)
+    return bad_q | _repeat_kv(bad_k, q.shape[-3] if q.dim() >= 3 else 1)
+
+
+def first_order_only(backward):
+    """Refuse a backward run with grad mode on (``create_graph=True``): the fused backward is
+    not differentiable, and a gradient without a graph would make second-order terms silently
+    zero."""
+
+    @functools.wraps(backward)
+    def checked(ctx, *grads):
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            raise RuntimeError(
+                "softmax_approx: second-order gradients (create_graph=True, gradgradcheck) are not "
+                "supported by the fused policies; use policy='eager' for them"
+            )
+        return backward(ctx, *grads)
+
+    return checked
 
 
 def _score_shape(q, k, mask, bias) -> torch.Size:
@@ -259,6 +318,7 @@ class _FusedAttention(torch.autograd.Function):
         return out
 
     @staticmethod
+    @first_order_only
     @once_differentiable
     def backward(ctx, grad_out):
         q, k, v, mask, bias, seed, *state = ctx.saved_tensors

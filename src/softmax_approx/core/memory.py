@@ -30,14 +30,21 @@ from dataclasses import dataclass, field
 
 import torch
 
-_LOCAL = threading.local()
+class _MeterState(threading.local):
+    """Per-thread meter state, set up on first use in each thread. Every attribute always
+    exists, so torch.compile reads it without tracing an AttributeError (which it refuses
+    inside activation-checkpointed regions)."""
+
+    def __init__(self) -> None:
+        self.meters: list = []
+        self.core_io: list = []     # storage keys of q, k, v, mask of the innermost attention call
+        self.module_depth = 0
+
+
+_LOCAL = _MeterState()
 
 
 def _stack() -> list:
-    if not hasattr(_LOCAL, "meters"):
-        _LOCAL.meters = []
-        _LOCAL.core_io = []        # storage keys of q, k, v, mask of the innermost attention call
-        _LOCAL.module_depth = 0
     return _LOCAL.meters
 
 

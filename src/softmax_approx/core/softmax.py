@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from .functional import masked_softmax
+from .functional import first_order_only, masked_softmax
 from .policies import POLICIES, Policy, make_policy, work_dtype
 
 
@@ -55,6 +55,7 @@ class _ApproxSoftmax(torch.autograd.Function):
         return probs
 
     @staticmethod
+    @first_order_only
     @once_differentiable
     def backward(ctx, grad):
         valid, *state = ctx.saved_tensors

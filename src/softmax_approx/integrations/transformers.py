@@ -1,12 +1,15 @@
 """Hugging Face Transformers (5.x): our storage policies as an attention implementation.
 
-Importing this module registers, in Transformers' ``AttentionInterface`` (the registry behind
+Importing this module (or calling :func:`softmax_approx.integrations.register_transformers`,
+the same thing) registers, in Transformers' ``AttentionInterface`` (the registry behind
 ``attn_implementation=``) and ``AttentionMaskInterface``:
 
 * ``"softmax_approx"``: the policy and its parameters come from the model config's
-  ``softmax_approx`` attribute, a dict such as ``{"policy": "paper", "S": 5}`` (saved in
-  ``config.json`` with the model, like any config attribute); without it, ``paper`` with its
-  defaults.
+  ``softmax_approx`` attribute, a dict such as ``{"policy": "paper", "S": 5}``; without it,
+  ``paper`` with its defaults. ``config.json`` keeps both the dict and the implementation
+  name, so a plain ``from_pretrained(dir)`` of a saved model runs its policy again (and, in a
+  process that has not imported this module, fails with Transformers' "not supported" error
+  instead of silently running ``sdpa``).
 * ``"softmax_approx_<policy>"`` for every fused policy (``exact``, ``paper``, ``topk``,
   ``quant``, ``recompute``): the name fixes the policy; parameters, if any, come from
   ``config.softmax_approx`` (whose ``"policy"`` key, if present, must agree).
@@ -17,6 +20,11 @@ So, as with Transformers' own implementations::
     model = AutoModel.from_pretrained(name, attn_implementation="softmax_approx",
                                       softmax_approx={"policy": "paper", "S": 5})
     sa_hf.apply(model, "topk", keep_ratio=0.125)     # or switch a built model in place
+
+The ``softmax_approx=`` keyword works on any checkpoint: the import gives Transformers' config
+base class a ``softmax_approx`` attribute (default None), and Transformers forwards a keyword
+to the config exactly when the config has that attribute. The policy is resolved from the
+config without a graph break, so ``torch.compile(model, fullgraph=True)`` traces whole models.
 
 Masks are built as for ``sdpa`` (bool, True = may attend, or None with ``is_causal``), which
 the core takes as is; a float 4-D mask a user passes directly, T5's relative position bias
@@ -39,12 +47,11 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import AttentionInterface, PreTrainedModel
+from transformers import AttentionInterface, PreTrainedConfig, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from ..core import POLICY_NAMES, Policy, attention, make_policy
@@ -67,13 +74,15 @@ def implementation_names() -> list[str]:
 
 
 # ------------------------------------------------------------------------- policy lookup
-@functools.lru_cache(maxsize=256)
-def _policy_from(implementation: str, spec_json: str) -> Policy:
-    spec = json.loads(spec_json)
+def _resolve(implementation: str, spec: Any) -> Policy:
+    """The policy ``implementation`` runs for ``config.softmax_approx == spec``: plain dict
+    reads and :func:`make_policy`, which torch.compile traces (no ``json``, no cache lookup)."""
+    if spec is None:
+        spec = {}
     if not isinstance(spec, dict):
         raise ValueError(f"config.{CONFIG_KEY} must be a dict like {{'policy': 'paper', 'S': 5}}, got {spec!r}")
-    spec = dict(spec)
-    named = spec.pop("policy", None)
+    named = spec.get("policy")
+    params = {k: v for k, v in spec.items() if k != "policy"}
     if implementation == NAME:
         policy = named or DEFAULT_POLICY
     else:
@@ -88,15 +97,26 @@ def _policy_from(implementation: str, spec_json: str) -> Policy:
             f"config.{CONFIG_KEY}['policy']={policy!r}: use attn_implementation={policy!r} "
             "(Transformers' own) for that baseline"
         )
-    return make_policy(policy, **spec)
+    return make_policy(policy, **params)
+
+
+@functools.lru_cache(maxsize=256)
+def _resolve_once(implementation: str, frozen: tuple) -> Policy:
+    return _resolve(implementation, dict(frozen))
 
 
 def policy_of(config: Any, implementation: str = NAME) -> Policy:
-    """The validated policy that ``implementation`` runs for a model with this config."""
-    spec = getattr(config, CONFIG_KEY, None) or {}
+    """The validated policy that ``implementation`` runs for a model with this config.
+
+    Resolved once per distinct ``config.softmax_approx`` in eager mode (a cached lookup);
+    under torch.compile the resolution is traced once, guarded on the config's values, and
+    leaves nothing in the graph (no graph break at the attention calls)."""
+    spec = getattr(config, CONFIG_KEY, None)
+    if torch.compiler.is_compiling() or not isinstance(spec, dict):
+        return _resolve(implementation, spec)
     try:
-        return _policy_from(implementation, json.dumps(spec, sort_keys=True))
-    except TypeError as e:  # a parameter that is not JSON (a bad value anyway)
+        return _resolve_once(implementation, tuple(sorted(spec.items())))
+    except TypeError as e:  # an unhashable or unorderable parameter (a bad value anyway)
         raise ValueError(f"config.{CONFIG_KEY}={spec!r}: values must be numbers or strings ({e})") from None
 
 
@@ -153,12 +173,48 @@ def _make_forward(implementation: str):
     return softmax_approx_attention_forward
 
 
+def _saves_implementation(to_dict):
+    """Wrap ``PreTrainedConfig.to_dict`` so that ``config.json`` records the attention
+    implementation of a config that runs one of ours or carries ``softmax_approx``: a plain
+    ``from_pretrained(dir)`` then loads it (Transformers reads ``attn_implementation`` from the
+    config), and without this module imported it fails loudly instead of running ``sdpa``."""
+
+    @functools.wraps(to_dict)
+    def to_dict_with_implementation(self):
+        out = to_dict(self)
+        impl = self.__dict__.get("_attn_implementation_internal")
+        if isinstance(impl, str) and (impl in implementation_names() or CONFIG_KEY in self.__dict__):
+            out["attn_implementation"] = impl
+        return out
+
+    to_dict_with_implementation.softmax_approx_hook = True
+    return to_dict_with_implementation
+
+
+def _install_config_hooks() -> None:
+    """Two class-level additions to Transformers' config base class (idempotent):
+
+    * ``softmax_approx = None``: Transformers forwards a ``from_pretrained`` keyword to the config
+      only when the config has that attribute, so ``from_pretrained(name,
+      softmax_approx={...})`` works on checkpoints that have never seen this library;
+    * ``to_dict`` records the attention implementation (see :func:`_saves_implementation`)."""
+    if not hasattr(PreTrainedConfig, CONFIG_KEY):
+        setattr(PreTrainedConfig, CONFIG_KEY, None)
+    if not getattr(PreTrainedConfig.to_dict, "softmax_approx_hook", False):
+        PreTrainedConfig.to_dict = _saves_implementation(PreTrainedConfig.to_dict)
+
+
 def register() -> list[str]:
-    """Register every implementation name (idempotent); returns the names."""
+    """Register every implementation name with Transformers (idempotent); returns the names.
+
+    Runs when this module is imported; :func:`softmax_approx.integrations.register_transformers`
+    is the same call for code that wants it explicit. Needed once per process, before a model
+    with ``attn_implementation="softmax_approx*"`` is built or loaded."""
     names = implementation_names()
     for name in names:
         AttentionInterface.register(name, _make_forward(name))
         AttentionMaskInterface.register(name, sdpa_mask)
+    _install_config_hooks()
     return names
 
 
@@ -217,7 +273,9 @@ def apply(model: nn.Module, policy: str = DEFAULT_POLICY, **params) -> int:
     ``policy`` is any core policy; parameters are validated as ``core.attention`` does
     (``ValueError`` naming the parameter). ``eager`` and ``sdpa`` select Transformers' own
     implementations of those names. The choice is written to ``config.softmax_approx`` and
-    ``config._attn_implementation``, so ``save_pretrained`` keeps it.
+    ``config._attn_implementation`` (for ``eager``/``sdpa``, ``config.softmax_approx = None``);
+    ``save_pretrained`` writes both to ``config.json`` and a plain ``from_pretrained(dir)`` loads
+    the model with the same implementation and policy.
     """
     if not isinstance(model, PreTrainedModel):
         raise TypeError(f"apply(model, ...): expected a transformers PreTrainedModel, got {type(model).__name__}")
@@ -228,12 +286,10 @@ def apply(model: nn.Module, policy: str = DEFAULT_POLICY, **params) -> int:
             f"{type(model).__name__} has no attention layer that uses Transformers' AttentionInterface; "
             "it cannot be switched (only models whose attention calls ALL_ATTENTION_FUNCTIONS can)"
         )
-    if pol.name in NATIVE:
-        implementation = pol.name
-    else:
-        implementation = NAME
-        for cfg in _configs(model):
-            setattr(cfg, CONFIG_KEY, {"policy": pol.name, **pol.params})
+    implementation = pol.name if pol.name in NATIVE else NAME
+    spec = None if pol.name in NATIVE else {"policy": pol.name, **pol.params}
+    for cfg in _configs(model):  # an entry, even None, makes config.json keep the implementation
+        setattr(cfg, CONFIG_KEY, spec)
     model.set_attn_implementation(implementation)
     wrong = [n for n, m in layers if getattr(getattr(m, "config", None), "_attn_implementation", implementation) != implementation]
     if wrong:
