@@ -32,7 +32,8 @@ from softmax_approx.harness import sweep as sweep_summary
 from softmax_approx.harness.build import build_datamodule, build_module, build_trainer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from softmax_approx.harness.callbacks import LastCheckpoint, NonFiniteGradients
+from softmax_approx.harness.callbacks import LastCheckpoint, NonFiniteGradients, fault_signal
+from softmax_approx.harness import preemption
 from softmax_approx.harness.preemption import EXIT_PREEMPTED, Preempted, requeue_slurm
 from softmax_approx.harness.run_lock import RunLock, is_launching_rank
 from softmax_approx.harness.distributed import DistributedJob
@@ -47,7 +48,7 @@ from softmax_approx.harness.job import (
 )
 from softmax_approx.harness.measure import run_stats
 from softmax_approx.harness.results import jsonable, new_record, resolved_config, results_path, write_results
-from softmax_approx.harness.resume import belongs_to, check_tokenizer, decide, read_record
+from softmax_approx.harness.resume import belongs_to, check_tokenizer, decide, last_checkpoint, read_record
 from softmax_approx.harness import rundir
 from softmax_approx.harness.validation import validate_config
 from softmax_approx.utils.errors import UserError, one_line
@@ -68,10 +69,19 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         rundir.check_writable(run_dir)  # a read-only run dir is one line, not the lock's OSError
     lock = RunLock(run_dir).acquire() if is_launching_rank() else None
     try:
-        return _train(cfg)
+        # signals at any phase stop at the next safe point (harness/preemption.py)
+        with preemption.guard(_watched_signals(cfg)):
+            return _train(cfg)
     finally:
         if lock is not None:
             lock.release()
+
+
+def _watched_signals(cfg: DictConfig) -> list[str]:
+    """The preemption signals of ``callbacks.last_checkpoint`` (default SIGTERM, SIGUSR1, SIGINT)."""
+    last = (cfg.get("callbacks") or {}).get("last_checkpoint") or {}
+    names = last.get("preempt_signals")
+    return list(preemption.DEFAULT_SIGNALS if names is None else names)
 
 
 def _train(cfg: DictConfig) -> tuple[dict, dict]:
@@ -102,8 +112,11 @@ def _train(cfg: DictConfig) -> tuple[dict, dict]:
         rundir.write_fingerprint(run_dir, {**fingerprint, "tokenizer_sha256": decision.previous_tokenizer})
         write_results(out_path, record)
     objects: dict[str, Any] = {"cfg": cfg}
+    signals = preemption.active() or preemption.SignalFlag(())
     try:
+        fault_signal(cfg, "setup")
         datamodule = build_datamodule(cfg, "fit")
+        signals.check("data setup")
         # the tokenizer is part of the run's identity: recorded, and checked before resuming
         fingerprint["tokenizer_sha256"] = getattr(datamodule, "tokenizer_sha256", None)
         record.update(tokenizer_sha256=fingerprint["tokenizer_sha256"])
@@ -112,6 +125,7 @@ def _train(cfg: DictConfig) -> tuple[dict, dict]:
             rundir.write_fingerprint(run_dir, fingerprint)
         module = build_module(cfg, datamodule)
         trainer, callbacks, loggers = build_trainer(cfg, run_dir, group=sweep)
+        preemption.keep_lightning_out(trainer)
         trainer.callbacks.append(rundir.FingerprintState(fingerprint))  # in every checkpoint
         objects.update(datamodule=datamodule, model=module, trainer=trainer, callbacks=callbacks, loggers=loggers)
         record.params = module.param_counts()
@@ -136,8 +150,11 @@ def _train(cfg: DictConfig) -> tuple[dict, dict]:
             for cb in callbacks:
                 if isinstance(cb, NonFiniteGradients):
                     record.update(nonfinite_grad_steps=len(cb.skipped_steps))
+        fault_signal(cfg, "between")
+        signals.check("between fit and test", ckpt=_existing(last_checkpoint(run_dir)))
         if cfg.get("test"):
             metrics.update(run_test(trainer, module, datamodule, _test_weights(cfg, trainer), record))
+        signals.check("testing", ckpt=_existing(last_checkpoint(run_dir)))
         record.metrics = dict(sorted(metrics.items()))
         _log_run_figures(loggers, record, step=trainer.global_step)
         record.finish("completed")
@@ -147,7 +164,7 @@ def _train(cfg: DictConfig) -> tuple[dict, dict]:
         return metrics, objects
     except (Preempted, SIGTERMException) as e:
         # Preemption (harness/preemption.py): last.ckpt holds the step it stopped at; not a failure.
-        record.finish("preempted", one_line(e))
+        record.finish(getattr(e, "status", "preempted"), one_line(e))
         if ddp.is_global_zero:
             write_results(out_path, record)
             requeue_slurm()
@@ -161,6 +178,10 @@ def _train(cfg: DictConfig) -> tuple[dict, dict]:
     finally:
         finish_wandb(record.status)
         ddp.end(objects.get("trainer"))
+
+
+def _existing(path) -> str | None:
+    return str(path) if path.is_file() else None
 
 
 def _test_weights(cfg: DictConfig, trainer: L.Trainer) -> str | None:
@@ -220,9 +241,9 @@ def run_job(cfg: DictConfig) -> float | None:
         metrics, _ = train(cfg)
         return _optimized_metric(cfg, metrics)
     except (Preempted, SIGTERMException) as e:
-        # Stops a sweep too: the scheduler is taking the machine back.
-        print(f"preempted: {one_line(e)}", file=sys.stderr)
-        sys.exit(EXIT_PREEMPTED)
+        # Stops a sweep too: the scheduler (or the user, Ctrl-C) is taking the machine back.
+        print(f"{getattr(e, 'status', 'preempted')}: {one_line(e)}", file=sys.stderr)
+        sys.exit(getattr(e, "exit_code", EXIT_PREEMPTED))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         if not multirun:

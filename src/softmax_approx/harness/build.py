@@ -48,7 +48,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, group: str | None = None,
     callbacks += instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(loggers))
     fault = cfg.get("fault") or {}
     keys = ("fail_at_step", "nan_at_step", "nan_grad_at_step", "signal_at_step")
-    if training and any(fault.get(k) is not None for k in keys):
-        callbacks.append(FaultInjection(**{k: fault.get(k) for k in keys}, signal_name=fault.get("signal_name") or "SIGTERM"))
+    phase = fault.get("signal_phase") or "train"
+    if training and (any(fault.get(k) is not None for k in keys) or phase in ("validation", "test")):
+        callbacks.append(FaultInjection(**{k: fault.get(k) for k in keys}, signal_name=fault.get("signal_name") or "SIGTERM",
+                                        signal_phase=phase))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return trainer, callbacks, loggers
