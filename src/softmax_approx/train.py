@@ -151,7 +151,7 @@ def _train(cfg: DictConfig) -> tuple[dict, dict]:
                 if isinstance(cb, NonFiniteGradients):
                     record.update(nonfinite_grad_steps=len(cb.skipped_steps))
         fault_signal(cfg, "between")
-        signals.check("between fit and test", ckpt=_existing(last_checkpoint(run_dir)))
+        signals.check("after training", ckpt=_existing(last_checkpoint(run_dir)))
         if cfg.get("test"):
             metrics.update(run_test(trainer, module, datamodule, _test_weights(cfg, trainer), record))
         signals.check("testing", ckpt=_existing(last_checkpoint(run_dir)))

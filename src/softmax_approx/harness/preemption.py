@@ -44,14 +44,15 @@ class Preempted(Exception):
     """A signal stopped the run at a safe point; ``last.ckpt`` (if any) holds where it stopped.
 
     ``phase`` says where: ``training`` (a checkpoint at the step it stopped at) or a phase
-    without training progress to keep (``data setup``, ``testing``, ``between fit and test``).
+    without training progress to keep (``data setup``, ``testing``, ``after training``).
     """
 
     def __init__(self, signame: str, step: int | None = None, ckpt: str | None = None,
                  phase: str = "training") -> None:
         self.signame, self.step, self.ckpt, self.phase = signame, step, ckpt, phase
         where = f"checkpoint {ckpt}" if ckpt else "no checkpoint"
-        at = f"at global step {step}" if phase == "training" else f"during {phase}"
+        at = {"training": f"at global step {step}", "after training": "after training, before testing"}.get(
+            phase, f"during {phase}")
         super().__init__(f"{signame} received: stopped {at} ({where}); "
                          "rerun the same command to resume from it")
 
