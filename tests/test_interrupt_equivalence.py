@@ -38,16 +38,17 @@ TRANSLATION = [
     "task.module.n_samples=2", "memory.warmup_steps=1", "timing.skip_steps=0",
 ]
 
-#: phase -> fault overrides. ``mid-epoch``: before step 9 (epoch 2 of 3: its train metrics are
-#: the ones reported); ``mid-epoch-early``: step 5 (epoch 1; the best so far must survive);
-#: ``validation``: the first validation from step 5 on.
+#: phase -> fault overrides (without / with accumulation). ``mid-epoch``: in epoch 2 of 3 (its
+#: train metrics are the ones reported); ``mid-epoch-early``: in epoch 1 (the best so far must
+#: survive); ``validation``: the first validation from that step on.
 PHASES = {
-    "setup": ["fault.signal_phase=setup"],
-    "mid-epoch-early": ["fault.signal_at_step=5"],
-    "mid-epoch": ["fault.signal_at_step=9"],
-    "validation": ["fault.signal_phase=validation", "fault.signal_at_step=5"],
-    "between": ["fault.signal_phase=between"],
-    "test": ["fault.signal_phase=test"],
+    "setup": (["fault.signal_phase=setup"],) * 2,
+    "mid-epoch-early": (["fault.signal_at_step=5"], ["fault.signal_at_step=4"]),
+    "mid-epoch": (["fault.signal_at_step=9"], ["fault.signal_at_step=7"]),
+    "validation": (["fault.signal_phase=validation", "fault.signal_at_step=5"],
+                   ["fault.signal_phase=validation", "fault.signal_at_step=4"]),
+    "between": (["fault.signal_phase=between"],) * 2,
+    "test": (["fault.signal_phase=test"],) * 2,
 }
 
 
@@ -82,7 +83,7 @@ def _interrupted_then_resumed(task: str, accumulate: bool, phase: str, signame: 
                               data: Path) -> tuple[dict, dict]:
     overrides, tiny = _overrides(task, accumulate)
     with pytest.raises(Preempted) as info:
-        train(compose_cfg([*overrides, *PHASES[phase], f"fault.signal_name={signame}"], run, data, tiny=tiny))
+        train(compose_cfg([*overrides, *PHASES[phase][accumulate], f"fault.signal_name={signame}"], run, data, tiny=tiny))
     stopped = load_results(run / "results.json")
     assert signal.getsignal(signal.SIGINT) is not None  # the handlers were put back
     assert info.value.signame == signame
@@ -170,12 +171,12 @@ def test_each_phase_stops_at_its_safe_point(tmp_path, eq_data):
         ck = last_checkpoint(run)
         return info.value, (torch.load(ck, map_location="cpu", weights_only=False) if ck.exists() else None)
 
-    e, ck = stop("setup", PHASES["setup"])
+    e, ck = stop("setup", PHASES["setup"][0])
     assert e.phase == "data setup" and ck is None and "during data setup (no checkpoint)" in str(e)
     e, ck = stop("val", ["fault.signal_at_step=5", "fault.signal_name=SIGUSR1"])  # validation after step 6
     assert e.step == 6 and ck["global_step"] == 6
     e, ck = stop("accum", [*ACCUMULATE, "fault.signal_at_step=1"])  # batch 2 starts an accumulation
     assert ck["global_step"] == 2  # the accumulation finished: no partial gradient dropped
     assert ck["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"] % 2 == 0
-    e, ck = stop("between", PHASES["between"])
+    e, ck = stop("between", PHASES["between"][0])
     assert "after training, before testing" in str(e) and ck["global_step"] == 12

@@ -52,15 +52,28 @@ def check_checkpoint(path: Any, key: str = "ckpt_path") -> Path:
 def run_test(trainer: L.Trainer, module: Any, datamodule: Any, ckpt_path: str | None, record: RunRecord) -> dict:
     """``trainer.test`` with ``ckpt_path`` (None: the current weights); returns the metrics and
     records the weights tested plus what a task adds that numeric logging cannot carry
-    (translation's sacreBLEU signatures, the test split's name, sample translations)."""
+    (translation's sacreBLEU signatures, the test split's name, sample translations).
+
+    The split measured is recorded (``split``) and named in the metrics: with
+    ``task.datamodule.test_split=val`` the test loop's ``test/acc`` is reported as ``val/acc``
+    (:func:`name_split`), so no table can take a validation number for a test one."""
     record.test_weights = ckpt_path or "current"
+    split = str(getattr(datamodule, "test_split", "test") or "test")
     trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
     metrics = float_metrics(trainer.callback_metrics)
     if callable(getattr(module, "results_fields", None)):
         extra = dict(module.results_fields())
         metrics.update(extra.pop("metrics", {}))
         record.update(**extra)
-    return metrics
+    record.update(split=split)
+    return name_split(metrics, split)
+
+
+def name_split(metrics: dict, split: str) -> dict:
+    """``test/<name>`` -> ``<split>/<name>``: a metric says which split it was measured on."""
+    if split == "test":
+        return dict(metrics)
+    return {(f"{split}/{k[len('test/'):]}" if k.startswith("test/") else k): v for k, v in metrics.items()}
 
 
 def finish_wandb(status: str) -> None:
