@@ -12,6 +12,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig
 
 from softmax_approx.harness.callbacks import FaultInjection
+from softmax_approx.harness.checkpoint_io import AtomicCheckpointIO
 from softmax_approx.harness.instantiate import instantiate_callbacks, instantiate_loggers, instantiate_model
 from softmax_approx.harness.measure import measurement_callbacks
 
@@ -52,5 +53,6 @@ def build_trainer(cfg: DictConfig, run_dir: Path, group: str | None = None,
     if training and (any(fault.get(k) is not None for k in keys) or phase in ("validation", "test")):
         callbacks.append(FaultInjection(**{k: fault.get(k) for k in keys}, signal_name=fault.get("signal_name") or "SIGTERM",
                                         signal_phase=phase))
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                                 plugins=[AtomicCheckpointIO()])  # no torn best-N.ckpt
     return trainer, callbacks, loggers
