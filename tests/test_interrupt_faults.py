@@ -134,3 +134,34 @@ def test_disk_full_while_a_best_checkpoint_is_written_leaves_no_torn_file(tmp_pa
     for p in ckpts:
         torch.load(p, map_location="cpu", weights_only=False)  # whole
     assert load_results(run / "results.json")["status"] == "failed"
+
+
+# ------------------------------------------------------------------ moved data / run folder
+def test_resume_after_moving_the_data_and_the_run_folder(tmp_path, data_dir):
+    """Before: refused as a "different config" (the data and run paths were part of it), while
+    docs/reproduce.md says moving data does not invalidate results. Now the same run resumes in
+    its new place to the uninterrupted run's metrics, the best checkpoint's score included."""
+    ref = tmp_path / "ref"
+    train(compose_cfg(EPOCHS3, ref, data_dir))
+    data_a = Path(shutil.copytree(data_dir, tmp_path / "a" / "data"))
+    run_a = tmp_path / "a" / "run"
+    with pytest.raises(torch.OutOfMemoryError):
+        train(compose_cfg([*EPOCHS3, "fault.fail_at_step=6"], run_a, data_a))
+    moved = Path(shutil.move(str(tmp_path / "a"), str(tmp_path / "b")))
+    data_b, run_b = moved / "data", moved / "run"
+    train(compose_cfg(EPOCHS3, run_b, data_b))
+    rec, want = load_results(run_b / "results.json"), load_results(ref / "results.json")
+    assert rec["status"] == "completed" and rec["resumed_from"] == str(last_checkpoint(run_b))
+    assert rec["test_weights"].startswith(str(run_b / "checkpoints"))
+    assert rec["metrics"] == want["metrics"]
+
+
+def test_a_changed_recipe_is_still_refused_after_a_move(tmp_path, data_dir):
+    from softmax_approx.utils.errors import ConfigError
+
+    run_a = tmp_path / "a"
+    with pytest.raises(torch.OutOfMemoryError):
+        train(compose_cfg([*EPOCHS3, "fault.fail_at_step=6"], run_a, data_dir))
+    run_b = Path(shutil.move(str(run_a), str(tmp_path / "b")))
+    with pytest.raises(ConfigError, match=r"different config \(optimizer.lr\)"):
+        train(compose_cfg([*EPOCHS3, "optimizer.lr=0.5"], run_b, data_dir))

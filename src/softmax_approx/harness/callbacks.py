@@ -163,7 +163,7 @@ class LastCheckpoint(Checkpoint):
     @staticmethod
     def _any_rank(trainer: L.Trainer, flag: bool) -> bool:
         """True on every rank when it is true on any (a signal may reach rank 0 only)."""
-        if trainer.world_size > 1:
+        if getattr(trainer, "world_size", 1) > 1:
             return bool(trainer.strategy.reduce_boolean_decision(flag, all=False))
         return flag
 

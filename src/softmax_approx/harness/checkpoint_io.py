@@ -1,4 +1,6 @@
-"""Every checkpoint is written atomically: a temp file in the same folder, then ``os.replace``.
+"""Checkpoint files: every one written atomically; a run directory that moved still resumes.
+
+Atomic: a temp file in the same folder, then ``os.replace``.
 
 Why: Lightning's writer (``TorchCheckpointIO`` through fsspec) puts the bytes in a temp file in
 the system temp folder and *moves* it into place at the end; across file systems that move is a
@@ -7,6 +9,12 @@ copy, and a disk that fills up mid-copy leaves a torn ``best-N.ckpt`` that a lat
 target, so the final step is a rename: the old file or the new one, never half of one; a failed
 write removes its temp file. Used for every checkpoint the Trainer writes (``best-*.ckpt``,
 ``last.ckpt``), through ``build_trainer``'s ``plugins``.
+
+Moved: Lightning's ``ModelCheckpoint`` restores its best score and top-k only when the
+checkpoint folder is the one it was saved in, and keeps the old ``best_model_path`` either way;
+after the run dir moved, the best score was lost (a worse checkpoint could become "best") and
+testing looked for the best weights where they no longer are. :class:`BestCheckpoint` maps the
+saved paths into the current folder first.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
@@ -43,3 +52,29 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         atomic_torch_save(checkpoint, path)
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose saved state follows the run directory when it moves."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old = state_dict.get("dirpath")
+        if old and self.dirpath and str(old) != str(self.dirpath):
+            state_dict = _relocated(state_dict, str(old), str(self.dirpath))
+        super().load_state_dict(state_dict)
+
+
+def _relocated(state: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    """``state`` with every path in ``old`` (the saved folder) moved to ``new``."""
+
+    def move(p: Any) -> Any:
+        s = str(p)
+        if s == old or s.startswith(old.rstrip("/") + "/"):
+            return new.rstrip("/") + s[len(old.rstrip("/")):]
+        return p
+
+    out = {k: move(v) if isinstance(v, str) else v for k, v in state.items()}
+    if isinstance(state.get("best_k_models"), dict):
+        out["best_k_models"] = {move(k): v for k, v in state["best_k_models"].items()}
+    out["dirpath"] = new
+    return out
