@@ -32,13 +32,14 @@ from softmax_approx.harness import sweep as sweep_summary
 from softmax_approx.harness.build import build_datamodule, build_module, build_trainer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from softmax_approx.harness.callbacks import LastCheckpoint, NonFiniteGradients, fault_signal
+from softmax_approx.harness.callbacks import LastCheckpoint, NonFiniteGradientError, NonFiniteGradients, fault_signal
 from softmax_approx.harness import preemption
 from softmax_approx.harness.preemption import EXIT_PREEMPTED, Preempted, requeue_slurm
 from softmax_approx.harness.run_lock import RunLock, is_launching_rank
 from softmax_approx.harness.distributed import DistributedJob
 from softmax_approx.harness.job import (
     check_checkpoint,
+    check_fits,
     finish_wandb,
     float_metrics,
     is_multirun,
@@ -51,7 +52,7 @@ from softmax_approx.harness.results import jsonable, new_record, resolved_config
 from softmax_approx.harness.resume import belongs_to, check_tokenizer, decide, last_checkpoint, read_record
 from softmax_approx.harness import rundir
 from softmax_approx.harness.validation import validate_config
-from softmax_approx.utils.errors import UserError, one_line
+from softmax_approx.utils.errors import NonFiniteLossError, UserError, one_line
 from softmax_approx.utils.run_record import RunRecord
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,8 @@ def _train(cfg: DictConfig) -> tuple[dict, dict]:
         if ddp.is_global_zero:
             rundir.write_fingerprint(run_dir, fingerprint)
         module = build_module(cfg, datamodule)
+        if cfg.get("ckpt_path"):  # another model size or task: one line, not load_state_dict's report
+            check_fits(module, cfg.ckpt_path)
         trainer, callbacks, loggers = build_trainer(cfg, run_dir, group=sweep)
         preemption.keep_lightning_out(trainer)
         trainer.callbacks.append(rundir.FingerprintState(fingerprint))  # in every checkpoint
@@ -248,6 +251,12 @@ def run_job(cfg: DictConfig) -> float | None:
         print(f"error: {e}", file=sys.stderr)
         if not multirun:
             sys.exit(2)
+        _record_failure(cfg, e)
+    except (NonFiniteLossError, NonFiniteGradientError) as e:
+        # a diverged run: recorded `failed` by train(); its message names the step and the fix
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        if not multirun:
+            sys.exit(1)
         _record_failure(cfg, e)
     except Exception as e:
         if not multirun:

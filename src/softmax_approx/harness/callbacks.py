@@ -308,13 +308,23 @@ class NonFiniteGradients(L.Callback):
         if self.action == "stop" or self._consecutive >= self.max_consecutive:
             why = "" if self.action == "stop" else f" ({self._consecutive} steps in a row)"
             raise NonFiniteGradientError(
-                f"non-finite gradient (norm {float(total)}) with a finite loss at {where}{why}; the last good "
-                "checkpoint is kept; lower optimizer.lr or gradient_clip_val, or rerun the same command to resume")
+                f"non-finite gradient (norm {float(total)}) with a finite loss at {where}{why}; "
+                + _last_good_note(trainer))
         self.skipped_steps.append(step)
         log.warning("non-finite gradient (norm %s) at %s: step skipped (%d so far)", float(total), where,
                     len(self.skipped_steps))
         for p in pl_module.parameters():
             p.grad = None
+
+
+def _last_good_note(trainer: L.Trainer) -> str:
+    """What a rerun can resume from: a checkpoint is promised only when one is on disk."""
+    kept = [cb.path for cb in trainer.callbacks if isinstance(cb, LastCheckpoint) and cb.path.is_file()]
+    if kept:
+        return (f"the last good checkpoint {kept[0]} is kept; lower optimizer.lr or gradient_clip_val, "
+                "or rerun the same command to resume from it")
+    return ("no checkpoint was written before it (the first is written at the end of epoch 0): lower "
+            "optimizer.lr or set trainer.gradient_clip_val, then rerun")
 
 
 class SimulatedOutOfMemory(torch.OutOfMemoryError):
