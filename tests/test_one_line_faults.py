@@ -93,3 +93,15 @@ def test_sweep_summary_ignores_a_job_dir_an_earlier_sweep_left(tmp_path):
     callback.on_multirun_end(config)
     assert sorted(sweep_mod.LAST.jobs) == ["0", "1"] and not sweep_mod.LAST.failed
     assert sweep_mod.summarize(sweep).jobs["2"]["status"] == "refused"  # without a start: every dir
+
+
+def test_unwritable_parent_of_the_run_dir_is_one_line_exit_2(tmp_path, data_dir, monkeypatch, capsys):
+    """Before: Hydra's traceback while creating the run dir. (Permissions cannot be tested as
+    root, who writes anyway: a parent that is a file is what any user cannot write into.)"""
+    from test_reliability import _main
+
+    (tmp_path / "afile").write_text("not a folder\n")
+    code, err = _main([f"paths.data_dir={data_dir}", f"hydra.run.dir={tmp_path / 'afile' / 'run'}"], monkeypatch,
+                      capsys)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and "hydra.run.dir=" in lines[0] and "cannot write there" in lines[0], err

@@ -307,6 +307,22 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 def _precheck_overrides(argv: list[str]) -> None:
     precheck_overrides(argv, CONFIG_MODULE, CONFIG_NAME)
+    _precheck_run_dir(argv)
+
+
+def _precheck_run_dir(argv: list[str]) -> None:
+    """An unwritable ``hydra.run.dir`` (or parent) is one line and exit 2, before Hydra creates
+    it (Hydra's own failure there is a traceback). Single runs only; a sweep's jobs are checked
+    in ``train``."""
+    if any(a.startswith("-") for a in argv):
+        return
+    for arg in argv:
+        if arg.startswith("hydra.run.dir="):
+            try:
+                rundir.check_writable(arg.split("=", 1)[1].strip("'\""))
+            except UserError as e:
+                print(f"error: {e}", file=sys.stderr)
+                sys.exit(2)
 
 
 def main() -> float | None:
