@@ -10,8 +10,9 @@ fails before any data is read: one line on stderr, exit code 2.
 Reliability (docs/reliability.md): rerunning a command with the same ``hydra.run.dir`` resumes
 from ``checkpoints/last.ckpt`` (or returns a completed run's metrics without training); in a
 multirun a failing job is recorded as ``failed`` and the others still run, then the command
-exits 1. SIGTERM/SIGUSR1 checkpoint at the current step, record ``preempted``, requeue under
-SLURM and exit 75 (harness/preemption.py); a second command on a run dir in use exits 2
+exits 1. SIGTERM/SIGUSR1 (SIGINT) at any phase stop the run at the next safe point (a
+checkpoint in training), record ``preempted`` (``interrupted``), requeue under SLURM and exit 75
+(130) (harness/preemption.py); a second command on a run dir in use exits 2
 (harness/run_lock.py).
 """
 
@@ -21,6 +22,7 @@ import gc
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -183,7 +185,7 @@ def _train(cfg: DictConfig) -> tuple[dict, dict]:
         ddp.end(objects.get("trainer"))
 
 
-def _existing(path) -> str | None:
+def _existing(path: Path) -> str | None:
     return str(path) if path.is_file() else None
 
 
