@@ -165,3 +165,22 @@ def test_a_changed_recipe_is_still_refused_after_a_move(tmp_path, data_dir):
     run_b = Path(shutil.move(str(run_a), str(tmp_path / "b")))
     with pytest.raises(ConfigError, match=r"different config \(optimizer.lr\)"):
         train(compose_cfg([*EPOCHS3, "optimizer.lr=0.5"], run_b, data_dir))
+
+
+# ------------------------------------------------------------------ step cadence before a validation
+def test_step_checkpoint_due_before_a_validation_is_taken_after_it(tmp_path, data_dir):
+    """``every_n_train_steps`` falling on a batch after which a validation is due: a checkpoint
+    taken there resumes past that validation (Lightning skips it), so a crash then lost a
+    validation and, with it, possibly the best checkpoint. It is now taken after the validation."""
+    extra = [*EPOCHS3, "trainer.val_check_interval=2", "callbacks.last_checkpoint.every_n_train_steps=2"]
+    ref = tmp_path / "ref"
+    train(compose_cfg(extra, ref, data_dir))
+    run = tmp_path / "run"
+    with pytest.raises(torch.OutOfMemoryError):
+        train(compose_cfg([*extra, "fault.fail_at_step=7"], run, data_dir))
+    ck = torch.load(last_checkpoint(run), map_location="cpu", weights_only=False)
+    assert ck["global_step"] == 6
+    # the validation after step 6 (2 batches) had run when it was saved
+    assert ck["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]["total"]["completed"] == 2
+    train(compose_cfg(extra, run, data_dir))
+    assert load_results(run / "results.json")["metrics"] == load_results(ref / "results.json")["metrics"]

@@ -427,9 +427,25 @@ def run(profile: str, out: Path | str, data_dir: Path | str, only: list[str] | N
     from softmax_approx.harness.run_lock import RunLock
 
     # one reproduce per OUT: a second one refuses here, before fetching data or starting runs
-    with RunLock(out, user="another reproduce on the same OUT", fix="wait for it to finish, or give another --out"):
-        return _run_locked(out, profile, data_dir, only, jobs, exp_dir, report, train_command, run_timeout,
-                           stream, engine, started, done, todo, deferred, benches, tasks, fetch_data)
+    created = not out.exists()
+    rc = 2
+    try:
+        with RunLock(out, user="another reproduce on the same OUT", fix="wait for it to finish, or give another --out"):
+            rc = _run_locked(out, profile, data_dir, only, jobs, exp_dir, report, train_command, run_timeout,
+                             stream, engine, started, done, todo, deferred, benches, tasks, fetch_data)
+            return rc
+    finally:
+        if created and rc == 2:  # stopped before anything was written: leave no OUT behind
+            _remove_if_only_lock(out)
+
+
+def _remove_if_only_lock(out: Path) -> None:
+    try:
+        if {p.name for p in out.iterdir()} <= {".lock"}:
+            (out / ".lock").unlink(missing_ok=True)
+            out.rmdir()
+    except OSError:
+        pass
 
 
 def _run_locked(out: Path, profile: str, data_dir: Path | str, only: list[str] | None, jobs: int,

@@ -57,6 +57,7 @@ class LastCheckpoint(Checkpoint):
         self.train_time_interval = _seconds(train_time_interval)
         self.signals = SignalFlag(DEFAULT_SIGNALS if preempt_signals is None else preempt_signals)
         self._owns_signals = True
+        self._save_after_validation = False
         self.restored_metrics: dict[str, float] = {}
         self.skipped_nonfinite = 0
         self.saved_at_step = -1
@@ -115,19 +116,27 @@ class LastCheckpoint(Checkpoint):
         due = bool(self.every_n_train_steps) and step % self.every_n_train_steps == 0
         if self.train_time_interval is not None:
             due = due or self._any_rank(trainer, time.monotonic() - self._last_time >= self.train_time_interval)
-        preempt_now = preempt and not _validation_or_epoch_end_next(trainer)
-        if (preempt_now or due) and step != self.saved_at_step:
+        if _validation_or_epoch_end_next(trainer):  # save after it (on_validation_end / epoch end)
+            self._save_after_validation = due and step != self.saved_at_step
+            return
+        if (preempt or due) and step != self.saved_at_step:
             self._save_if_finite(trainer, pl_module, f"step {step}")
-        if preempt_now:
+        if preempt:
             self._raise_preempted(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """A signal before or during a mid-epoch validation: checkpoint after it (as
-        ModelCheckpoint does), so the resumed run neither repeats nor skips it."""
+        """A signal before or during a mid-epoch validation, or a step checkpoint due just before
+        it: checkpoint after it (as ModelCheckpoint does), so the resumed run neither repeats nor
+        skips it."""
         if trainer.sanity_checking or trainer.state.fn != "fit" or trainer.fit_loop.epoch_loop.done:
             return  # an epoch-end validation: on_train_epoch_end follows
-        if self._any_rank(trainer, self._signalled()) and not _mid_accumulation(trainer):
+        if _mid_accumulation(trainer):
+            return
+        preempt = self._any_rank(trainer, self._signalled())
+        if preempt or self._save_after_validation:
             self._save_if_finite(trainer, pl_module, f"step {int(trainer.global_step)} (after validation)")
+        self._save_after_validation = False
+        if preempt:
             self._raise_preempted(trainer)
 
     def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
@@ -178,8 +187,9 @@ class LastCheckpoint(Checkpoint):
         if trainer.sanity_checking or trainer.fast_dev_run:
             return
         preempt = self._any_rank(trainer, self._signalled())
-        if preempt or not (trainer.current_epoch + 1) % self.every_n_epochs:
+        if preempt or self._save_after_validation or not (trainer.current_epoch + 1) % self.every_n_epochs:
             self._save_if_finite(trainer, pl_module, f"epoch {trainer.current_epoch}")
+        self._save_after_validation = False
         if preempt:
             self._raise_preempted(trainer)
 
