@@ -7,12 +7,19 @@ afterwards (lightning-hydra-template's pattern).
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ["WANDB_MODE"] = "disabled"  # the W&B offline test unsets it for itself only
+# Tokenizer caches go to the user cache dir (platformdirs): one of the test session's own, so
+# tests neither read the user's caches nor leave files in them.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="softmax-approx-test-cache-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 os.environ.setdefault("WANDB_SILENT", "true")
 
 from hydra import compose, initialize_config_dir  # noqa: E402

@@ -150,17 +150,26 @@ def test_tokenizer_cache_is_reused(tmp_path):
     assert tokmod.TRAIN_COUNT == before + 2 and dm3.tokenizer_path != dm1.tokenizer_path
 
 
-def test_read_only_data_dir_falls_back_to_user_cache(tmp_path, monkeypatch):
+def test_tokenizer_cache_goes_to_the_user_cache_never_the_data_folder(tmp_path, monkeypatch):
+    """Data folders are often shared and read-only: the cache goes to the user cache dir
+    (platformdirs, here ``$XDG_CACHE_HOME``) or ``cache_dir`` (``paths.cache_dir``), writable
+    data folder or not. Before: ``<data_dir>/.cache`` whenever the folder was writable."""
     write_sst2(tmp_path / "data")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "data").rglob("*"))
+    dm = ClassificationDataModule(task="sst2", data_dir=str(tmp_path / "data"), vocab_size=120, val_size=5)
+    dm.setup()
+    assert dm.cache_dir == tmp_path / "xdg" / "softmax_approx" and dm.tokenizer_path.parent == dm.cache_dir
+    assert dm.tokenizer_path.is_file()
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "data").rglob("*")) == before  # untouched
     os.chmod(tmp_path / "data", 0o555)
     try:
-        dm = ClassificationDataModule(task="sst2", data_dir=str(tmp_path / "data"), vocab_size=120, val_size=5)
-        assert dm.cache_dir == tmp_path / "xdg" / "softmax_approx"
+        dm = ClassificationDataModule(task="sst2", data_dir=str(tmp_path / "data"), vocab_size=120, val_size=5,
+                                      cache_dir=str(tmp_path / "mine"))
+        dm.setup()
+        assert dm.tokenizer_path.parent == tmp_path / "mine" and dm.tokenizer_path.is_file()
     finally:
         os.chmod(tmp_path / "data", 0o755)
-    dm = ClassificationDataModule(task="sst2", data_dir=str(tmp_path / "data"), vocab_size=120, val_size=5)
-    assert dm.cache_dir == tmp_path / "data" / ".cache"
 
 
 def test_subset_caps_are_seeded(tmp_path):

@@ -36,15 +36,20 @@ def test_eval_reproduces_the_training_test_metrics_and_writes_its_own_record(tra
     rec = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert rec["status"] == "completed" and rec["evaluated"] == ckpt and rec["test_weights"] == ckpt
     assert rec["metrics"]["test/acc"] == train_metrics["test/acc"] and rec["schema_version"] == 1
+    assert rec["split"] == "test"
     assert rec["memory"] is None and rec["params"]["total"] > 0
 
 
 def test_eval_on_another_split(trained, tmp_path, data_dir):
-    """test_split=val: the test metrics are those of validation with the best weights."""
+    """test_split=val: validation's numbers with the best weights, named ``val/*`` (never
+    ``test/*``) and the split recorded at the top level of results.json."""
     train_metrics, ckpt = trained
     metrics, objects = eval_mod.evaluate(
         _eval_cfg([f"ckpt_path={ckpt}", "task.datamodule.test_split=val"], tmp_path, data_dir))
-    assert metrics["test/acc"] == pytest.approx(train_metrics["val/acc"], abs=1e-7)
+    assert metrics["val/acc"] == pytest.approx(train_metrics["val/acc"], abs=1e-7)
+    rec = json.loads((tmp_path / "results.json").read_text())
+    assert rec["split"] == "val" and not [k for k in rec["metrics"] if k.startswith("test/")]
+    assert {"val/acc", "val/loss"} <= set(rec["metrics"])
     assert objects["datamodule"].test_split_name.startswith("sst2 val split")
     with pytest.raises(ConfigError, match=r"test_split='dev': allowed values: train, val, test"):
         eval_mod.evaluate(_eval_cfg([f"ckpt_path={ckpt}", "task.datamodule.test_split=dev"], tmp_path / "b", data_dir))

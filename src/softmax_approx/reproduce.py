@@ -14,6 +14,11 @@ its siblings down, and it cannot skip the jobs that already completed. Here each
 `python -m softmax_approx.train <overrides> hydra.run.dir=<run dir>`; a run whose
 results.json says `completed` is skipped, any other is (re)run, and a run that dies without
 writing results.json gets a `failed` one with the tail of its output, so the tables show it.
+
+One `reproduce` per OUT (a lock on `OUT/.lock`): a second one refuses at once with one line.
+Each run is its own process group; a SIGTERM/SIGINT/SIGUSR1 to `reproduce` is forwarded to the
+runs in flight, which checkpoint and stop (`preempted` / `interrupted`), and `reproduce` waits
+for them, starts nothing new, and exits 75 (130 for Ctrl-C): the same command resumes.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import argparse
 import datetime as _dt
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -170,8 +176,8 @@ def _finish(job: Job, rc: int, note: str = "") -> None:
     job.seconds = time.monotonic() - job.started
     res = job.run_dir / "results.json"
     status = read_status(res)
-    if status == "completed":
-        job.status = "completed"
+    if status in ("completed", "preempted", "interrupted"):  # stopped by a signal: resumable as it is
+        job.status = status
         return
     tail = _tail(job.run_dir / LOG_NAME)
     last = next((ln.strip() for ln in reversed(tail.splitlines()) if ln.strip()), "")
@@ -204,33 +210,103 @@ def execute(jobs: list[Job], data_dir: str, n_parallel: int = 1, progress: Progr
     progress = progress or Progress(len(jobs))
     env = _env(n_parallel)
     queue, live = deque(jobs), []
+    stop = _SignalForwarder(live)
     try:
-        while queue or live:
-            while queue and len(live) < max(1, n_parallel):
-                job = queue.popleft()
-                _start(job, _command(job, data_dir, train_command), env, launcher)
-                live.append(job)
-                progress.running += 1
-                progress.line("started", job)
-            time.sleep(0.05)
-            for job in list(live):
-                rc = job.proc.poll()
-                note = ""
-                if rc is None and run_timeout and time.monotonic() - job.started > run_timeout:
-                    _kill(job.proc)
-                    rc, note = job.proc.wait(), f"timed out after {run_timeout:g} s (--run-timeout)"
-                if rc is None:
-                    continue
-                _finish(job, rc, note)
-                live.remove(job)
-                progress.running -= 1
-                progress.done += 1
-                progress.line(job.status, job, f" ({job.seconds:.1f} s)" + (f": {job.error}" if job.error else ""))
+        with stop:
+            _run_queue(queue, live, data_dir, n_parallel, progress, train_command, run_timeout, launcher, env, stop)
     except KeyboardInterrupt:
         for job in live:
             _kill(job.proc)
             job.log.close()
         raise
+    if stop.received is not None:
+        raise Stopped(stop.received, [j for j in jobs if j.status in ("preempted", "interrupted")])
+
+
+class Stopped(Exception):
+    """A signal stopped `reproduce`: the runs in flight checkpointed and stopped; none was started after."""
+
+    def __init__(self, sig: signal.Signals, stopped: list) -> None:
+        self.sig, self.stopped = sig, stopped
+        super().__init__(f"{sig.name} received: {len(stopped)} run(s) in flight checkpointed and stopped, "
+                         "no new run started; rerun the same command to resume")
+
+    @property
+    def exit_code(self) -> int:
+        return 130 if self.sig == signal.SIGINT else 75
+
+
+class _SignalForwarder:
+    """While installed, SIGTERM/SIGINT/SIGUSR1 to `reproduce` go to each run's process group
+    (the runs checkpoint at their next safe point and exit); `reproduce` then starts nothing new.
+    A second Ctrl-C raises KeyboardInterrupt (the runs are killed)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+    def __init__(self, live: list) -> None:
+        self.live = live
+        self.received: signal.Signals | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "_SignalForwarder":
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = self.received or signal.Signals(signum)
+        for job in list(self.live):
+            self.forward(job, signum)
+
+    @staticmethod
+    def forward(job: Any, signum: int) -> None:
+        pid = getattr(job.proc, "pid", None)
+        if pid is not None:  # a local run: its own session and process group (see _start)
+            try:
+                os.killpg(pid, signum)
+            except ProcessLookupError:
+                pass
+
+
+def _run_queue(queue: deque, live: list, data_dir: str, n_parallel: int, progress: Progress,
+               train_command: list[str], run_timeout: float, launcher: Any, env: dict[str, str],
+               stop: _SignalForwarder) -> None:
+    """Start jobs as slots free up, settle each as it ends; after a signal, only wait."""
+    while queue or live:
+        if stop.received is not None:
+            queue.clear()  # wait for the runs in flight; start nothing new
+        while queue and len(live) < max(1, n_parallel) and stop.received is None:
+            job = queue.popleft()
+            _start(job, _command(job, data_dir, train_command), env, launcher)
+            live.append(job)
+            if stop.received is not None:  # the signal came while it was starting
+                stop.forward(job, stop.received)
+            progress.running += 1
+            progress.line("started", job)
+        time.sleep(0.05)
+        for job in list(live):
+            rc = job.proc.poll()
+            note = ""
+            if rc is None and run_timeout and time.monotonic() - job.started > run_timeout:
+                _kill(job.proc)
+                rc, note = job.proc.wait(), f"timed out after {run_timeout:g} s (--run-timeout)"
+            if rc is None:
+                continue
+            _finish(job, rc, note)
+            live.remove(job)
+            progress.running -= 1
+            progress.done += 1
+            progress.line(job.status, job, f" ({job.seconds:.1f} s)" + (f": {job.error}" if job.error else ""))
 
 
 def _kill(proc: Any) -> None:
@@ -352,6 +428,35 @@ def run(profile: str, out: Path | str, data_dir: Path | str, only: list[str] | N
             print(f"  {job.status:<9} {job.owner}/{job.spec.key}  [{shared}]  "
                   + " ".join(_command(job, str(data_dir), ["train"])[1:]), file=stream)
         return 0
+    from softmax_approx.harness.run_lock import RunLock
+
+    # one reproduce per OUT: a second one refuses here, before fetching data or starting runs
+    created = not out.exists()
+    rc = 2
+    try:
+        with RunLock(out, user="another reproduce on the same OUT", fix="wait for it to finish, or give another --out"):
+            rc = _run_locked(out, profile, data_dir, only, jobs, exp_dir, report, train_command, run_timeout,
+                             stream, engine, started, done, todo, deferred, benches, tasks, fetch_data)
+            return rc
+    finally:
+        if created and rc == 2:  # stopped before anything was written: leave no OUT behind
+            _remove_if_only_lock(out)
+
+
+def _remove_if_only_lock(out: Path) -> None:
+    try:
+        if {p.name for p in out.iterdir()} <= {".lock"}:
+            (out / ".lock").unlink(missing_ok=True)
+            out.rmdir()
+    except OSError:
+        pass
+
+
+def _run_locked(out: Path, profile: str, data_dir: Path | str, only: list[str] | None, jobs: int,
+                exp_dir: Path | str | None, report: bool, train_command: list[str] | None, run_timeout: float,
+                stream: Any, engine: Any, started: str, done: list, todo: list, deferred: list,
+                benches: list, tasks: list[str] | None, fetch_data: bool) -> int:
+    """``run`` once OUT is locked: data, benchmarks, the runs, the summary line and the report."""
     if todo and fetch_data:  # fetch missing datasets first (or stop with one line naming `make data`)
         from softmax_approx.data.ensure import ensure_data
 
@@ -360,13 +465,15 @@ def run(profile: str, out: Path | str, data_dir: Path | str, only: list[str] | N
         print(f"error: data directory {data_dir} does not exist; fetch the data with `make data` "
               "(or --fetch-data), or give --data-dir DIR", file=sys.stderr, flush=True)
         return 2
-    out.mkdir(parents=True, exist_ok=True)
     all_jobs = done + todo + deferred
     _manifest(out, profile, str(data_dir), only, all_jobs, started)
     bench_failed = [e.name for e in benches if run_bench(e, out, stream, run_timeout) != "completed"]
     progress = Progress(len(todo), stream)
     try:
         execute(todo, str(Path(data_dir).resolve()), jobs, progress, train_command, run_timeout, engine)
+    except Stopped as e:
+        print(f"reproduce: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
     finally:
         _manifest(out, profile, str(data_dir), only, all_jobs, started)
     failed = [j for j in todo if j.status != "completed"]

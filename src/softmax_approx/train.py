@@ -10,8 +10,9 @@ fails before any data is read: one line on stderr, exit code 2.
 Reliability (docs/reliability.md): rerunning a command with the same ``hydra.run.dir`` resumes
 from ``checkpoints/last.ckpt`` (or returns a completed run's metrics without training); in a
 multirun a failing job is recorded as ``failed`` and the others still run, then the command
-exits 1. SIGTERM/SIGUSR1 checkpoint at the current step, record ``preempted``, requeue under
-SLURM and exit 75 (harness/preemption.py); a second command on a run dir in use exits 2
+exits 1. SIGTERM/SIGUSR1 (SIGINT) at any phase stop the run at the next safe point (a
+checkpoint in training), record ``preempted`` (``interrupted``), requeue under SLURM and exit 75
+(130) (harness/preemption.py); a second command on a run dir in use exits 2
 (harness/run_lock.py).
 """
 
@@ -21,6 +22,7 @@ import gc
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from softmax_approx.utils.extras import require
@@ -36,12 +38,14 @@ from softmax_approx.harness import sweep as sweep_summary
 from softmax_approx.harness.build import build_datamodule, build_module, build_trainer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from softmax_approx.harness.callbacks import LastCheckpoint, NonFiniteGradients
+from softmax_approx.harness.callbacks import LastCheckpoint, NonFiniteGradientError, NonFiniteGradients, fault_signal
+from softmax_approx.harness import preemption
 from softmax_approx.harness.preemption import EXIT_PREEMPTED, Preempted, requeue_slurm
 from softmax_approx.harness.run_lock import RunLock, is_launching_rank
 from softmax_approx.harness.distributed import DistributedJob
 from softmax_approx.harness.job import (
     check_checkpoint,
+    check_fits,
     finish_wandb,
     float_metrics,
     is_multirun,
@@ -51,10 +55,10 @@ from softmax_approx.harness.job import (
 )
 from softmax_approx.harness.measure import run_stats
 from softmax_approx.harness.results import jsonable, new_record, resolved_config, results_path, write_results
-from softmax_approx.harness.resume import belongs_to, check_tokenizer, decide, read_record
+from softmax_approx.harness.resume import belongs_to, check_tokenizer, decide, last_checkpoint, read_record
 from softmax_approx.harness import rundir
 from softmax_approx.harness.validation import validate_config
-from softmax_approx.utils.errors import UserError, one_line
+from softmax_approx.utils.errors import NonFiniteLossError, UserError, one_line
 from softmax_approx.utils.run_record import RunRecord
 
 log = logging.getLogger(__name__)
@@ -72,10 +76,19 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         rundir.check_writable(run_dir)  # a read-only run dir is one line, not the lock's OSError
     lock = RunLock(run_dir).acquire() if is_launching_rank() else None
     try:
-        return _train(cfg)
+        # signals at any phase stop at the next safe point (harness/preemption.py)
+        with preemption.guard(_watched_signals(cfg)):
+            return _train(cfg)
     finally:
         if lock is not None:
             lock.release()
+
+
+def _watched_signals(cfg: DictConfig) -> list[str]:
+    """The preemption signals of ``callbacks.last_checkpoint`` (default SIGTERM, SIGUSR1, SIGINT)."""
+    last = (cfg.get("callbacks") or {}).get("last_checkpoint") or {}
+    names = last.get("preempt_signals")
+    return list(preemption.DEFAULT_SIGNALS if names is None else names)
 
 
 def _train(cfg: DictConfig) -> tuple[dict, dict]:
@@ -106,8 +119,11 @@ def _train(cfg: DictConfig) -> tuple[dict, dict]:
         rundir.write_fingerprint(run_dir, {**fingerprint, "tokenizer_sha256": decision.previous_tokenizer})
         write_results(out_path, record)
     objects: dict[str, Any] = {"cfg": cfg}
+    signals = preemption.active() or preemption.SignalFlag(())
     try:
+        fault_signal(cfg, "setup")
         datamodule = build_datamodule(cfg, "fit")
+        signals.check("data setup")
         # the tokenizer is part of the run's identity: recorded, and checked before resuming
         fingerprint["tokenizer_sha256"] = getattr(datamodule, "tokenizer_sha256", None)
         record.update(tokenizer_sha256=fingerprint["tokenizer_sha256"])
@@ -115,7 +131,10 @@ def _train(cfg: DictConfig) -> tuple[dict, dict]:
         if ddp.is_global_zero:
             rundir.write_fingerprint(run_dir, fingerprint)
         module = build_module(cfg, datamodule)
+        if cfg.get("ckpt_path"):  # another model size or task: one line, not load_state_dict's report
+            check_fits(module, cfg.ckpt_path)
         trainer, callbacks, loggers = build_trainer(cfg, run_dir, group=sweep)
+        preemption.keep_lightning_out(trainer)
         trainer.callbacks.append(rundir.FingerprintState(fingerprint))  # in every checkpoint
         objects.update(datamodule=datamodule, model=module, trainer=trainer, callbacks=callbacks, loggers=loggers)
         record.params = module.param_counts()
@@ -140,8 +159,11 @@ def _train(cfg: DictConfig) -> tuple[dict, dict]:
             for cb in callbacks:
                 if isinstance(cb, NonFiniteGradients):
                     record.update(nonfinite_grad_steps=len(cb.skipped_steps))
+        fault_signal(cfg, "between")
+        signals.check("after training", ckpt=_existing(last_checkpoint(run_dir)))
         if cfg.get("test"):
             metrics.update(run_test(trainer, module, datamodule, _test_weights(cfg, trainer), record))
+        signals.check("testing", ckpt=_existing(last_checkpoint(run_dir)))
         record.metrics = dict(sorted(metrics.items()))
         _log_run_figures(loggers, record, step=trainer.global_step)
         record.finish("completed")
@@ -151,7 +173,7 @@ def _train(cfg: DictConfig) -> tuple[dict, dict]:
         return metrics, objects
     except (Preempted, SIGTERMException) as e:
         # Preemption (harness/preemption.py): last.ckpt holds the step it stopped at; not a failure.
-        record.finish("preempted", one_line(e))
+        record.finish(getattr(e, "status", "preempted"), one_line(e))
         if ddp.is_global_zero:
             write_results(out_path, record)
             requeue_slurm()
@@ -165,6 +187,10 @@ def _train(cfg: DictConfig) -> tuple[dict, dict]:
     finally:
         finish_wandb(record.status)
         ddp.end(objects.get("trainer"))
+
+
+def _existing(path: Path) -> str | None:
+    return str(path) if path.is_file() else None
 
 
 def _test_weights(cfg: DictConfig, trainer: L.Trainer) -> str | None:
@@ -224,13 +250,19 @@ def run_job(cfg: DictConfig) -> float | None:
         metrics, _ = train(cfg)
         return _optimized_metric(cfg, metrics)
     except (Preempted, SIGTERMException) as e:
-        # Stops a sweep too: the scheduler is taking the machine back.
-        print(f"preempted: {one_line(e)}", file=sys.stderr)
-        sys.exit(EXIT_PREEMPTED)
+        # Stops a sweep too: the scheduler (or the user, Ctrl-C) is taking the machine back.
+        print(f"{getattr(e, 'status', 'preempted')}: {one_line(e)}", file=sys.stderr)
+        sys.exit(getattr(e, "exit_code", EXIT_PREEMPTED))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         if not multirun:
             sys.exit(2)
+        _record_failure(cfg, e)
+    except (NonFiniteLossError, NonFiniteGradientError) as e:
+        # a diverged run: recorded `failed` by train(); its message names the step and the fix
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        if not multirun:
+            sys.exit(1)
         _record_failure(cfg, e)
     except Exception as e:
         if not multirun:
@@ -281,6 +313,22 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 def _precheck_overrides(argv: list[str]) -> None:
     precheck_overrides(argv, CONFIG_MODULE, CONFIG_NAME)
+    _precheck_run_dir(argv)
+
+
+def _precheck_run_dir(argv: list[str]) -> None:
+    """An unwritable ``hydra.run.dir`` (or parent) is one line and exit 2, before Hydra creates
+    it (Hydra's own failure there is a traceback). Single runs only; a sweep's jobs are checked
+    in ``train``."""
+    if any(a.startswith("-") for a in argv):
+        return
+    for arg in argv:
+        if arg.startswith("hydra.run.dir="):
+            try:
+                rundir.check_writable(arg.split("=", 1)[1].strip("'\""))
+            except UserError as e:
+                print(f"error: {e}", file=sys.stderr)
+                sys.exit(2)
 
 
 def main() -> float | None:

@@ -28,8 +28,8 @@ the order of the training batches. Texts are truncated to ``max_len`` tokens (th
 ``prepend_cls`` the first token is ``<cls>`` and counts towards ``max_len``).
 
 The WordPiece tokenizer is trained (deterministically) on the (full, un-subsetted) training part
-only and cached under ``cache_dir`` (default ``<data_dir>/.cache``, or ``~/.cache/softmax_approx``
-when the data folder is read-only), keyed by the settings and the input files' content.
+only and cached under ``cache_dir`` (``paths.cache_dir``; default the user cache,
+``~/.cache/softmax_approx`` on Linux; never the data folder), keyed by the settings and the input files' content.
 """
 
 from __future__ import annotations

@@ -95,11 +95,11 @@ def default_data_dir() -> Path:
 
 
 def resolve_cache_dir(data_dir: str | Path, cache_dir: str | Path | None = None) -> Path:
-    """``cache_dir`` when given; else ``<data_dir>/.cache`` if writable; else the user cache."""
+    """``cache_dir`` when given (``paths.cache_dir``); else the user cache. Never the data folder:
+    data folders are often shared between users and read-only on clusters, and a cache written
+    there would make the folder's content depend on who ran what (``data_dir`` is kept for
+    callers' signatures)."""
     if cache_dir is not None:
         return Path(cache_dir)
-    local = Path(data_dir) / ".cache"
-    if _writable_dir(local):
-        return local
     return default_user_cache()
 

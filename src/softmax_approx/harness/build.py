@@ -12,6 +12,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig
 
 from softmax_approx.harness.callbacks import FaultInjection
+from softmax_approx.harness.checkpoint_io import AtomicCheckpointIO
 from softmax_approx.harness.instantiate import instantiate_callbacks, instantiate_loggers, instantiate_model
 from softmax_approx.harness.measure import measurement_callbacks
 
@@ -48,7 +49,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, group: str | None = None,
     callbacks += instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(loggers))
     fault = cfg.get("fault") or {}
     keys = ("fail_at_step", "nan_at_step", "nan_grad_at_step", "signal_at_step")
-    if training and any(fault.get(k) is not None for k in keys):
-        callbacks.append(FaultInjection(**{k: fault.get(k) for k in keys}, signal_name=fault.get("signal_name") or "SIGTERM"))
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    phase = fault.get("signal_phase") or "train"
+    if training and (any(fault.get(k) is not None for k in keys) or phase in ("validation", "test")):
+        callbacks.append(FaultInjection(**{k: fault.get(k) for k in keys}, signal_name=fault.get("signal_name") or "SIGTERM",
+                                        signal_phase=phase))
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                                 plugins=[AtomicCheckpointIO()])  # no torn best-N.ckpt
     return trainer, callbacks, loggers

@@ -56,6 +56,8 @@ class LastCheckpoint(Checkpoint):
         self.every_n_train_steps = int(every_n_train_steps) if every_n_train_steps else None
         self.train_time_interval = _seconds(train_time_interval)
         self.signals = SignalFlag(DEFAULT_SIGNALS if preempt_signals is None else preempt_signals)
+        self._owns_signals = True
+        self._save_after_validation = False
         self.restored_metrics: dict[str, float] = {}
         self.skipped_nonfinite = 0
         self.saved_at_step = -1
@@ -81,9 +83,16 @@ class LastCheckpoint(Checkpoint):
         self._trainer = trainer
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # After Lightning registered its own SIGTERM handler (in Trainer._run): ours replaces it
-        # for the training loop, so a signal checkpoints instead of raising SIGTERMException.
-        self.signals.install()
+        from softmax_approx.harness.preemption import active
+
+        shared = active()
+        if shared is not None:  # train(): one flag for the whole run, Lightning's handler kept out
+            self.signals, self._owns_signals = shared, False
+        else:
+            # After Lightning registered its own SIGTERM handler (in Trainer._run): ours replaces
+            # it for the training loop, so a signal checkpoints instead of raising SIGTERMException.
+            self.signals.install()
+            self._owns_signals = True
         self._last_time = time.monotonic()
         _restore_train_loader_position(trainer)
 
@@ -92,41 +101,78 @@ class LastCheckpoint(Checkpoint):
         """Mid-epoch ``last.ckpt``: on a preemption signal (then raise ``Preempted``), every
         ``every_n_train_steps`` optimizer steps, or when ``train_time_interval`` seconds passed.
         Saved here, like ModelCheckpoint's step checkpoints: Lightning resumes such a checkpoint
-        at the next batch (and runs a validation that was due), the data loader at the next
-        unseen batch."""
+        at the next batch, the data loader at the next unseen batch.
+
+        Only at an optimizer-step boundary: mid gradient-accumulation the partial gradient is not
+        in the checkpoint, so a signal waits for the step to finish. A signal at a batch after
+        which a validation (or the epoch end) is due waits for it too: Lightning resumes a
+        checkpoint taken here past that validation, without running it."""
         if trainer.sanity_checking or trainer.fast_dev_run:
             return
         step = int(trainer.global_step)
-        preempt = self._any_rank(trainer, self.signals.received is not None)
+        preempt = self._any_rank(trainer, self._signalled())
+        if _mid_accumulation(trainer):
+            return
         due = bool(self.every_n_train_steps) and step % self.every_n_train_steps == 0
         if self.train_time_interval is not None:
             due = due or self._any_rank(trainer, time.monotonic() - self._last_time >= self.train_time_interval)
+        if _validation_or_epoch_end_next(trainer):  # save after it (on_validation_end / epoch end)
+            self._save_after_validation = due and step != self.saved_at_step
+            return
         if (preempt or due) and step != self.saved_at_step:
             self._save_if_finite(trainer, pl_module, f"step {step}")
         if preempt:
             self._raise_preempted(trainer)
 
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A signal before or during a mid-epoch validation, or a step checkpoint due just before
+        it: checkpoint after it (as ModelCheckpoint does), so the resumed run neither repeats nor
+        skips it."""
+        if trainer.sanity_checking or trainer.state.fn != "fit" or trainer.fit_loop.epoch_loop.done:
+            return  # an epoch-end validation: on_train_epoch_end follows
+        if _mid_accumulation(trainer):
+            return
+        preempt = self._any_rank(trainer, self._signalled())
+        if preempt or self._save_after_validation:
+            self._save_if_finite(trainer, pl_module, f"step {int(trainer.global_step)} (after validation)")
+        self._save_after_validation = False
+        if preempt:
+            self._raise_preempted(trainer)
+
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        """A signal during testing stops it (the rerun tests again from the saved weights)."""
+        if self._signalled():
+            self._raise_preempted(trainer, phase="testing")
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A signal during the last validation: training is done and saved; stop before testing.
-        received = self.signals.received
-        self.signals.restore()
-        if received is not None:
+        received = self._signalled()
+        self._restore_signals()
+        if received:
             self._raise_preempted(trainer)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.signals.restore()
+        self._restore_signals()
 
-    def _raise_preempted(self, trainer: L.Trainer) -> None:
+    def _signalled(self) -> bool:
+        return self.signals.received is not None
+
+    def _restore_signals(self) -> None:
+        if getattr(self, "_owns_signals", True):
+            self.signals.restore()
+
+    def _raise_preempted(self, trainer: L.Trainer, phase: str = "training") -> None:
         from softmax_approx.harness.preemption import Preempted
 
         name = self.signals.received.name if self.signals.received is not None else "signal (on another rank)"
-        self.signals.restore()
-        raise Preempted(name, int(trainer.global_step), str(self.path) if self.path.exists() else None)
+        self._restore_signals()
+        raise Preempted(name, int(trainer.global_step), str(self.path) if self.path.exists() else None, phase=phase)
 
     @staticmethod
     def _any_rank(trainer: L.Trainer, flag: bool) -> bool:
         """True on every rank when it is true on any (a signal may reach rank 0 only)."""
-        if trainer.world_size > 1:
+        if getattr(trainer, "world_size", 1) > 1:
             return bool(trainer.strategy.reduce_boolean_decision(flag, all=False))
         return flag
 
@@ -140,9 +186,12 @@ class LastCheckpoint(Checkpoint):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.fast_dev_run:
             return
-        if (trainer.current_epoch + 1) % self.every_n_epochs:
-            return
-        self._save_if_finite(trainer, pl_module, f"epoch {trainer.current_epoch}")
+        preempt = self._any_rank(trainer, self._signalled())
+        if preempt or self._save_after_validation or not (trainer.current_epoch + 1) % self.every_n_epochs:
+            self._save_if_finite(trainer, pl_module, f"epoch {trainer.current_epoch}")
+        self._save_after_validation = False
+        if preempt:
+            self._raise_preempted(trainer)
 
     def save(self, trainer: L.Trainer) -> Path:
         """Write to a temp file in the same folder, then ``os.replace``: a kill mid-write leaves
@@ -157,6 +206,17 @@ class LastCheckpoint(Checkpoint):
         self.saved_at_step = int(trainer.global_step)
         self._last_time = time.monotonic()
         return self.path
+
+
+def _mid_accumulation(trainer: L.Trainer) -> bool:
+    """True after a batch whose gradient is accumulated, not yet applied (no optimizer step)."""
+    return bool(trainer.fit_loop.epoch_loop._should_accumulate())
+
+
+def _validation_or_epoch_end_next(trainer: L.Trainer) -> bool:
+    """Whether Lightning runs a validation or ends the epoch right after this training batch."""
+    loop = trainer.fit_loop.epoch_loop
+    return bool(loop.done or loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
 
 
 def _restore_train_loader_position(trainer: L.Trainer) -> None:
@@ -258,13 +318,23 @@ class NonFiniteGradients(L.Callback):
         if self.action == "stop" or self._consecutive >= self.max_consecutive:
             why = "" if self.action == "stop" else f" ({self._consecutive} steps in a row)"
             raise NonFiniteGradientError(
-                f"non-finite gradient (norm {float(total)}) with a finite loss at {where}{why}; the last good "
-                "checkpoint is kept; lower optimizer.lr or gradient_clip_val, or rerun the same command to resume")
+                f"non-finite gradient (norm {float(total)}) with a finite loss at {where}{why}; "
+                + _last_good_note(trainer))
         self.skipped_steps.append(step)
         log.warning("non-finite gradient (norm %s) at %s: step skipped (%d so far)", float(total), where,
                     len(self.skipped_steps))
         for p in pl_module.parameters():
             p.grad = None
+
+
+def _last_good_note(trainer: L.Trainer) -> str:
+    """What a rerun can resume from: a checkpoint is promised only when one is on disk."""
+    kept = [cb.path for cb in trainer.callbacks if isinstance(cb, LastCheckpoint) and cb.path.is_file()]
+    if kept:
+        return (f"the last good checkpoint {kept[0]} is kept; lower optimizer.lr or gradient_clip_val, "
+                "or rerun the same command to resume from it")
+    return ("no checkpoint was written before it (the first is written at the end of epoch 0): lower "
+            "optimizer.lr or set trainer.gradient_clip_val, then rerun")
 
 
 class SimulatedOutOfMemory(torch.OutOfMemoryError):
@@ -280,17 +350,38 @@ class FaultInjection(L.Callback):
     ``nan_grad_at_step=N``: one gradient entry is NaN on step N while the loss stays finite.
     ``signal_at_step=N``: the process sends itself ``signal_name`` (SIGTERM) before step N, as a
     scheduler's preemption would (the real handler path, at a known step).
+    ``signal_phase``: where that signal is sent: ``train`` (before step N), ``validation`` (the
+    first validation batch of the first validation from step N on), ``test`` (the first test
+    batch); ``setup`` and ``between`` (fit and test) are sent by ``train`` (:func:`fault_signal`).
     """
 
     def __init__(self, fail_at_step: int | None = None, nan_at_step: int | None = None,
                  nan_grad_at_step: int | None = None, signal_at_step: int | None = None,
-                 signal_name: str = "SIGTERM") -> None:
+                 signal_name: str = "SIGTERM", signal_phase: str = "train") -> None:
         self.fail_at_step = fail_at_step
         self.nan_at_step = nan_at_step
         self.nan_grad_at_step = nan_grad_at_step
         self.signal_at_step = signal_at_step
         self.signal_name = signal_name
+        self.signal_phase = signal_phase
         self._handle = None
+        self._signalled = False
+
+    def _send_signal(self, trainer: L.Trainer) -> None:
+        if not self._signalled and trainer.is_global_zero:
+            self._signalled = True
+            _send(self.signal_name)
+
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                                  batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self.signal_phase == "validation" and not trainer.sanity_checking and trainer.state.fn == "fit" \
+                and int(trainer.global_step) >= int(self.signal_at_step or 0):
+            self._send_signal(trainer)
+
+    def on_test_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                            batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self.signal_phase == "test":
+            self._send_signal(trainer)
 
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.nan_grad_at_step is not None and int(trainer.global_step) == int(self.nan_grad_at_step):
@@ -306,10 +397,8 @@ class FaultInjection(L.Callback):
         if self.nan_at_step is not None and step == int(self.nan_at_step):
             net = getattr(pl_module, "net", pl_module)
             self._handle = net.register_forward_hook(lambda mod, args, out: _times_nan(out))
-        if self.signal_at_step is not None and step == int(self.signal_at_step) and trainer.is_global_zero:
-            import signal
-
-            os.kill(os.getpid(), getattr(signal, self.signal_name))  # delivered as from outside
+        if self.signal_phase == "train" and self.signal_at_step is not None and step == int(self.signal_at_step):
+            self._send_signal(trainer)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -322,6 +411,19 @@ class FaultInjection(L.Callback):
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+
+
+def _send(signal_name: str) -> None:
+    import signal
+
+    os.kill(os.getpid(), getattr(signal, signal_name))  # delivered as from outside
+
+
+def fault_signal(cfg: Any, phase: str) -> None:
+    """``fault.signal_phase`` = ``setup`` / ``between``: ``train`` sends the signal there."""
+    fault = cfg.get("fault") or {}
+    if fault.get("signal_phase") == phase:
+        _send(fault.get("signal_name") or "SIGTERM")
 
 
 def _times_nan(out: Any) -> Any:

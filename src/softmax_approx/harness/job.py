@@ -49,18 +49,48 @@ def check_checkpoint(path: Any, key: str = "ckpt_path") -> Path:
     return Path(str(path))
 
 
+def check_fits(module: Any, path: Any, key: str = "ckpt_path") -> None:
+    """One ConfigError line when the checkpoint's weights do not fit ``module`` (another model
+    size or task), before Lightning's multi-line ``load_state_dict`` error."""
+    state = load_checkpoint(path, key, mmap=True, missing="give an existing .ckpt",
+                            unreadable="not a PyTorch checkpoint ({error}); give a .ckpt written by "
+                                       "softmax-approx-train")["state_dict"]
+    mine = module.state_dict()
+    wrong = [f"{k}: checkpoint {list(state[k].shape)}, model {list(v.shape)}" for k, v in mine.items()
+             if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    wrong += [f"{k} missing in the checkpoint" for k in mine if k not in state]
+    wrong += [f"{k} not in the model" for k in state if k not in mine]
+    if wrong:
+        raise ConfigError(
+            f"{key}={str(path)!r} does not fit the composed model ({len(wrong)} tensors differ, e.g. {wrong[0]}); "
+            "give the overrides of the run that wrote it (its .hydra/overrides.yaml: task=, model=, profile=, ...)")
+
+
 def run_test(trainer: L.Trainer, module: Any, datamodule: Any, ckpt_path: str | None, record: RunRecord) -> dict:
     """``trainer.test`` with ``ckpt_path`` (None: the current weights); returns the metrics and
     records the weights tested plus what a task adds that numeric logging cannot carry
-    (translation's sacreBLEU signatures, the test split's name, sample translations)."""
+    (translation's sacreBLEU signatures, the test split's name, sample translations).
+
+    The split measured is recorded (``split``) and named in the metrics: with
+    ``task.datamodule.test_split=val`` the test loop's ``test/acc`` is reported as ``val/acc``
+    (:func:`name_split`), so no table can take a validation number for a test one."""
     record.test_weights = ckpt_path or "current"
+    split = str(getattr(datamodule, "test_split", "test") or "test")
     trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
     metrics = float_metrics(trainer.callback_metrics)
     if callable(getattr(module, "results_fields", None)):
         extra = dict(module.results_fields())
         metrics.update(extra.pop("metrics", {}))
         record.update(**extra)
-    return metrics
+    record.update(split=split)
+    return name_split(metrics, split)
+
+
+def name_split(metrics: dict, split: str) -> dict:
+    """``test/<name>`` -> ``<split>/<name>``: a metric says which split it was measured on."""
+    if split == "test":
+        return dict(metrics)
+    return {(f"{split}/{k[len('test/'):]}" if k.startswith("test/") else k): v for k, v in metrics.items()}
 
 
 def finish_wandb(status: str) -> None:

@@ -141,6 +141,15 @@ def sbatch_text(res: dict[str, Any], folder: Path) -> str:
                                **slurm_parameters(res))
 
 
+def check_available(kind: str) -> None:
+    """``slurm`` needs SLURM's ``sbatch`` on this machine: say so in one line before any run starts."""
+    import shutil
+
+    if kind == "slurm" and shutil.which("sbatch") is None:
+        raise ConfigError("LAUNCHER=slurm (--launcher slurm): no SLURM here (sbatch is not on PATH); run it on a "
+                          "SLURM login node, or use LAUNCHER=local or LAUNCHER=submitit_local")
+
+
 def make_launcher(kind: str, out: Path, profile: str, overrides: list[str] | None = None) -> SubmititLauncher | None:
     """None for ``local`` (reproduce's own subprocess pool), else a submitit launcher."""
     if kind not in LAUNCHERS:
@@ -148,4 +157,5 @@ def make_launcher(kind: str, out: Path, profile: str, overrides: list[str] | Non
     res = resources(profile, overrides)
     if kind == "local":
         return None
+    check_available(kind)
     return SubmititLauncher(kind, Path(out) / "submitit", res)

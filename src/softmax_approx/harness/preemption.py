@@ -1,4 +1,4 @@
-"""Preemption: SIGTERM / SIGUSR1 -> checkpoint at the current step, ``preempted``, requeue, exit 75.
+"""Preemption: SIGTERM / SIGUSR1 / SIGINT -> checkpoint, ``preempted``/``interrupted``, exit 75/130.
 
 Clusters stop jobs with SIGTERM (preemption, ``scancel``) or, when asked to (``--signal=USR1@90``),
 with SIGUSR1 shortly before the time limit. Lightning's own handler only makes ``fit`` raise
@@ -9,34 +9,65 @@ atomically at that step and raises :class:`Preempted`; ``train`` records ``statu
 under SLURM requeues the job (:func:`requeue_slurm`, the call Lightning's ``SLURMEnvironment``
 makes) and the process exits with :data:`EXIT_PREEMPTED`. Rerunning the same command (or the
 requeued job) resumes at the next unseen batch (docs/reliability.md).
+
+One flag covers the whole run (:func:`guard`, installed by ``train`` before anything is
+written): a signal during data/tokenizer setup, validation, between fit and test or during
+testing is seen at the next safe point and stops the run the same way, never half-recorded.
+Lightning's own SIGTERM handler is kept out (:func:`keep_lightning_out`): it would end ``fit``
+at the end of the batch in flight, before a pending validation or in mid gradient-accumulation.
+SIGINT (Ctrl-C) is a preemption by the user: status ``interrupted``, exit 130; a second Ctrl-C
+stops at once (``KeyboardInterrupt``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import signal
 import subprocess
 import threading
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 log = logging.getLogger(__name__)
 
 #: Exit code of a preempted run: ``EX_TEMPFAIL`` from sysexits.h ("temporary failure, retry"),
 #: distinct from 0 (completed), 1 (crash / failed sweep) and 2 (usage error).
 EXIT_PREEMPTED = 75
-DEFAULT_SIGNALS = ("SIGTERM", "SIGUSR1")
+#: Exit code of a run stopped by Ctrl-C: the shell's 128 + SIGINT.
+EXIT_INTERRUPTED = 130
+DEFAULT_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 
 
 class Preempted(Exception):
-    """A preemption signal stopped training; ``last.ckpt`` holds the step it stopped at."""
+    """A signal stopped the run at a safe point; ``last.ckpt`` (if any) holds where it stopped.
 
-    def __init__(self, signame: str, step: int, ckpt: str | None) -> None:
-        self.signame, self.step, self.ckpt = signame, step, ckpt
+    ``phase`` says where: ``training`` (a checkpoint at the step it stopped at) or a phase
+    without training progress to keep (``data setup``, ``testing``, ``after training``).
+    """
+
+    def __init__(self, signame: str, step: int | None = None, ckpt: str | None = None,
+                 phase: str = "training") -> None:
+        self.signame, self.step, self.ckpt, self.phase = signame, step, ckpt, phase
         where = f"checkpoint {ckpt}" if ckpt else "no checkpoint"
-        super().__init__(f"{signame} received: stopped at global step {step} ({where}); "
+        at = {"training": f"at global step {step}", "after training": "after training, before testing"}.get(
+            phase, f"during {phase}")
+        super().__init__(f"{signame} received: stopped {at} ({where}); "
                          "rerun the same command to resume from it")
+
+    @property
+    def interrupted(self) -> bool:
+        return self.signame == "SIGINT"
+
+    @property
+    def status(self) -> str:
+        """results.json status: ``interrupted`` (Ctrl-C) or ``preempted`` (a scheduler)."""
+        return "interrupted" if self.interrupted else "preempted"
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_INTERRUPTED if self.interrupted else EXIT_PREEMPTED
 
 
 def signal_numbers(names: Iterable[str]) -> list[signal.Signals]:
@@ -72,13 +103,55 @@ class SignalFlag:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.received is None:
             self.received = signal.Signals(signum)
-            log.warning("%s received: checkpointing at the end of the current training step",
+            log.warning("%s received: stopping at the next safe point (the end of the training step, "
+                        "validation or gradient accumulation in flight); Ctrl-C again stops at once",
                         self.received.name)
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt  # the user insists
+
+    def check(self, phase: str, ckpt: str | None = None) -> None:
+        """Raise :class:`Preempted` for ``phase`` if a signal arrived (a safe point outside fit)."""
+        if self.received is not None:
+            raise Preempted(self.received.name, ckpt=ckpt, phase=phase)
 
     def restore(self) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}
+
+
+_ACTIVE: SignalFlag | None = None
+
+
+def active() -> SignalFlag | None:
+    """The flag of the run in progress (:func:`guard`), for the callbacks that act on it."""
+    return _ACTIVE
+
+
+@contextlib.contextmanager
+def guard(names: Iterable[str] = DEFAULT_SIGNALS) -> Iterator[SignalFlag]:
+    """``with guard() as flag:`` the whole run records signals in one :class:`SignalFlag`."""
+    global _ACTIVE
+    flag, outer = SignalFlag(names), _ACTIVE
+    _ACTIVE = flag
+    flag.install()
+    try:
+        yield flag
+    finally:
+        flag.restore()
+        _ACTIVE = outer
+
+
+def keep_lightning_out(trainer: Any) -> None:
+    """Stop ``trainer`` from installing Lightning's SIGTERM handler (``_SignalConnector``).
+
+    Its handler makes ``fit`` raise ``SIGTERMException`` at the end of the batch in flight (a
+    ``SystemExit(0)``), which would cut a pending validation or a gradient accumulation short
+    and lose a signal during testing; :func:`guard` and ``LastCheckpoint`` handle signals here.
+    """
+    connector = getattr(trainer, "_signal_connector", None)
+    if connector is not None:
+        connector.register_signal_handlers = lambda: None
 
 
 def slurm_job_id(env: dict | None = None) -> str | None:

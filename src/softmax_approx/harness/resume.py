@@ -66,11 +66,43 @@ def read_record(path: Path) -> dict | None:
         return None
 
 
+def location_free(config: dict) -> dict:
+    """``config`` with every absolute path under a ``paths.*`` folder written relative to it
+    (``/data/sst2`` -> ``${paths.data_dir}/sst2``): where the data and the run dir lie does not
+    decide the result, so moving either must not make a resume look like another config. What
+    the data *are* is checked through the tokenizer's sha256."""
+    paths = config.get("paths") if isinstance(config, dict) else None
+    roots = sorted(((k, str(v).rstrip("/")) for k, v in (paths or {}).items()
+                    if isinstance(v, str) and v.startswith("/") and len(v.rstrip("/")) > 1),
+                   key=lambda kv: -len(kv[1]))
+
+    def sub(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: sub(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [sub(v) for v in x]
+        if isinstance(x, str):
+            for key, root in roots:
+                if x == root or x.startswith(root + "/"):
+                    return f"${{paths.{key}}}{x[len(root):]}"
+        return x
+
+    return sub(config)
+
+
+def _sha_matches(stored: Any, config: dict, fingerprint: dict) -> bool:
+    """A stored ``config_sha256`` matches this config's (or, for a run started before paths were
+    left out, the hash of the config with its paths)."""
+    return stored in (None, fingerprint["config_sha256"], config_sha256(config, IGNORED_KEYS))
+
+
 def config_differences(old: dict | None, new: dict) -> list[str]:
-    """Dotted keys whose values differ (IGNORED_KEYS left out); [] when ``old`` has no config."""
+    """Dotted keys whose values differ (IGNORED_KEYS and file locations left out); [] when
+    ``old`` has no config."""
     if not isinstance(old, dict):
         return []
     out: list[str] = []
+    old, new = location_free(old), location_free(json.loads(json.dumps(new, default=str)))
 
     def walk(a: Any, b: Any, prefix: str) -> None:
         if isinstance(a, dict) and isinstance(b, dict):
@@ -105,7 +137,7 @@ def decide(run_dir: str | Path, config: dict, explicit_ckpt: str | None = None) 
     directory before anything is written into it."""
     run_dir = Path(run_dir)
     config = json.loads(json.dumps(config, default=str))
-    fingerprint = {"config_sha256": config_sha256(config, IGNORED_KEYS)}
+    fingerprint = {"config_sha256": config_sha256(location_free(config), IGNORED_KEYS)}
     record = read_record(run_dir / "results.json")
     last = last_checkpoint(run_dir)
     stored = read_fingerprint(run_dir) or {}
@@ -116,7 +148,7 @@ def decide(run_dir: str | Path, config: dict, explicit_ckpt: str | None = None) 
         diff = config_differences((record or {}).get("config"), config)
         if diff:
             raise _refuse(run_dir, status, ", ".join(diff[:5]) + (f" (+{len(diff) - 5} more)" if len(diff) > 5 else ""))
-        if stored.get("config_sha256") not in (None, fingerprint["config_sha256"]):
+        if not _sha_matches(stored.get("config_sha256"), config, fingerprint):
             raise _refuse(run_dir, status, f"{FINGERPRINT_FILE} differs")
     previous_tok = stored.get("tokenizer_sha256")
     if record is not None and record.get("status") == "completed":
@@ -125,7 +157,7 @@ def decide(run_dir: str | Path, config: dict, explicit_ckpt: str | None = None) 
     if ckpt is None:
         return ResumeDecision("fresh", record=record, fingerprint=fingerprint, previous_tokenizer=previous_tok)
     in_ckpt = checkpoint_fingerprint(ckpt, "ckpt_path" if explicit_ckpt else str(last))
-    if not explicit_ckpt and in_ckpt.get("config_sha256") not in (None, fingerprint["config_sha256"]):
+    if not explicit_ckpt and not _sha_matches(in_ckpt.get("config_sha256"), config, fingerprint):
         raise _refuse(run_dir, status, f"the fingerprint in {last.name} differs")
     if not explicit_ckpt:
         previous_tok = previous_tok or in_ckpt.get("tokenizer_sha256")
@@ -145,8 +177,11 @@ def belongs_to(run_dir: str | Path, config: dict | None) -> bool:
     if config is None or (record is not None and record.get("status") == "completed"):
         return False
     config = json.loads(json.dumps(config, default=str))
-    if stored is not None and stored.get("config_sha256") != config_sha256(config, IGNORED_KEYS):
-        return False
+    fingerprint = {"config_sha256": config_sha256(location_free(config), IGNORED_KEYS)}
+    if stored is not None:
+        sha = stored.get("config_sha256")
+        if sha is None or not _sha_matches(sha, config, fingerprint):
+            return False
     return record is None or not config_differences(record.get("config"), config)
 
 

@@ -36,8 +36,10 @@ def _pid_alive(pid: int) -> bool:
 class RunLock:
     """``with RunLock(run_dir):`` — or ``acquire()`` / ``release()``."""
 
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(self, run_dir: str | Path, user: str = "another training on the same hydra.run.dir",
+                 fix: str = "wait for it to finish, or use another hydra.run.dir") -> None:
         self.path = Path(run_dir) / LOCK_NAME
+        self.user, self.fix = user, fix
         self._fd: int | None = None
 
     def acquire(self) -> "RunLock":
@@ -50,7 +52,7 @@ class RunLock:
         except BlockingIOError:
             holder = _read_pid(fd)
             os.close(fd)
-            raise RunDirLocked(_refusal(self.path.parent, holder)) from None
+            raise RunDirLocked(_refusal(self.path.parent, holder, self.user, self.fix)) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
@@ -82,15 +84,14 @@ def _read_pid(fd: int) -> int | None:
         return None
 
 
-def _refusal(run_dir: Path, pid: int | None) -> str:
+def _refusal(run_dir: Path, pid: int | None, user: str, fix: str) -> str:
     if pid is None:
         who = "another process"
     elif _pid_alive(pid):
         who = f"pid {pid}"
     else:  # the writer died but a process it started (e.g. a forked worker) still holds the lock
         who = f"a child of pid {pid} (not running any more)"
-    return (f"{run_dir} is in use by {who} (another training on the same hydra.run.dir); "
-            "wait for it to finish, or use another hydra.run.dir")
+    return f"{run_dir} is in use by {who} ({user}); {fix}"
 
 
 def is_launching_rank(env: dict | None = None) -> bool:

@@ -12,7 +12,9 @@ A job refused because its directory holds another config's run (a rerun of the s
 values in another order, or with a bad value) never touches that run's results.json: its reason
 goes to ``<job dir>/job_error.json`` (harness/rundir.py), and the summary lists it as
 ``refused``. A job that could write nothing (read-only directory) is listed with the reason
-this process noted (:func:`note_failure`).
+this process noted (:func:`note_failure`). Only this multirun's jobs are summarised: a job
+directory an earlier sweep into the same sweep dir left (Hydra rewrites ``.hydra/`` at every
+job start) is not one of them, and neither is its ``job_error.json``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,9 +77,18 @@ def _job_error(job: Path) -> str | None:
     return str(data.get("error")) if isinstance(data, dict) else None
 
 
-def summarize(sweep_dir: str | Path) -> SweepResult:
+def _started_at(job: Path) -> float:
+    """When Hydra last started this job (it writes ``.hydra/*.yaml`` at every job start); 0 if never."""
+    try:
+        return max(p.stat().st_mtime for p in (job / ".hydra").iterdir())
+    except (OSError, ValueError):
+        return 0.0
+
+
+def summarize(sweep_dir: str | Path, since: float | None = None) -> SweepResult:
     """Status of every job directory (one with ``.hydra/`` or a results.json) of a sweep; a job
-    without a readable results.json counts as failed (killed before it could write one)."""
+    without a readable results.json counts as failed (killed before it could write one).
+    ``since``: only the jobs started from then on (this multirun's), and those this process noted."""
     sweep_dir = Path(sweep_dir)
     out = SweepResult(str(sweep_dir))
     if not sweep_dir.is_dir():
@@ -85,6 +97,8 @@ def summarize(sweep_dir: str | Path) -> SweepResult:
     for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
         if not ((job / ".hydra").is_dir() or (job / FILENAME).exists() or job.name in noted):
             continue
+        if since is not None and job.name not in noted and _started_at(job) < since:
+            continue  # left by an earlier sweep into this sweep dir
         rec = read_record(job / FILENAME)
         refused = _job_error(job)
         if refused is not None:
@@ -103,9 +117,15 @@ def summarize(sweep_dir: str | Path) -> SweepResult:
 class SweepSummary(Callback):
     """Hydra callback: after a multirun, summarise its jobs (see the module docstring)."""
 
+    def __init__(self) -> None:
+        self._started: float | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._started = time.time() - 1.0  # file times may be coarser than the clock
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         global LAST
-        result = summarize(str(config.hydra.sweep.dir))
+        result = summarize(str(config.hydra.sweep.dir), since=self._started)
         LAST = result
         write_json_atomic(Path(result.sweep_dir) / SUMMARY_NAME,
                           {"sweep_dir": result.sweep_dir, "n_jobs": len(result.jobs),

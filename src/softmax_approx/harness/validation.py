@@ -104,6 +104,9 @@ def _check_training_knobs(cfg: DictConfig) -> None:
     _optional_int(cfg, "trainer.accumulate_grad_batches", 1)
     for key in ("fault.fail_at_step", "fault.nan_at_step", "fault.nan_grad_at_step", "fault.signal_at_step"):
         _optional_int(cfg, key, 0)
+    phase = OmegaConf.select(cfg, "fault.signal_phase", default="train")
+    if phase not in (None, "train", "setup", "validation", "between", "test"):
+        raise ConfigError(f"fault.signal_phase={phase!r}: allowed values: train, setup, validation, between, test")
     ckpt = cfg.get("ckpt_path")
     if ckpt is not None and not Path(str(ckpt)).is_file():
         raise ConfigError(f"ckpt_path={ckpt!r}: no such checkpoint file; give an existing .ckpt or ckpt_path=null")

@@ -131,9 +131,12 @@ class BaseTask(L.LightningModule):
         if state:
             self._restored_best = dict(state["best_metrics"])
 
-    def on_train_epoch_start(self) -> None:
-        # Subclasses reset their *_best metrics in on_train_start (which also runs on resume);
-        # put the checkpoint's values back once, after that.
+    def on_train_start(self) -> None:
+        """Start the ``*_best`` metrics from scratch (Lightning's sanity check may have updated
+        them), then put a resumed run's values back. Here, not in ``on_train_epoch_start``:
+        Lightning does not call that hook when it resumes mid-epoch."""
+        for metric in self._best_metrics().values():
+            metric.reset()
         for name, value in self._restored_best.items():
             metric = self._best_metrics().get(name)
             if metric is not None:

@@ -56,10 +56,6 @@ class ClassificationTask(BaseTask):
     def batch_shape(self, batch: dict) -> list[int]:
         return list(batch["input_ids"].shape)
 
-    def on_train_start(self) -> None:
-        # Lightning's sanity check may have run validation: start the "best" from scratch.
-        self.val_acc_best.reset()
-
     def log_train(self, loss: torch.Tensor, out: dict, batch: dict) -> None:
         super().log_train(loss, out, batch)
         self.train_acc(out["preds"], batch["labels"])

@@ -133,9 +133,6 @@ class TranslationTask(BaseTask):
         super().log_train(loss, out, batch)
         self.log("train/nll", out["nll"], on_step=True, on_epoch=False, batch_size=int(batch["src_ids"].size(0)))
 
-    def on_train_start(self) -> None:
-        self.val_bleu_best.reset()
-
     # ------------------------------------------------------------------ evaluation
     def _translate(self, batch: dict, strategy: str) -> list[str]:
         hyp = run_decoding(
