@@ -97,7 +97,7 @@ def test_a_harness_command_without_the_harness_stops_with_one_line(module, args,
     proc = run_without(BLOCKED["harness"], code)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-3000:]
-    what = module if module == "softmax_approx.report" else f"python -m {module}"  # the package names itself
+    what = module if module in ("softmax_approx.report", "softmax_approx.data") else f"python -m {module}"  # the package names itself
     assert lines[0].startswith(f"{what} needs the 'harness' extra (lightning")
     assert lines[0].endswith("not installed): pip install 'softmax-approx[harness]'")
 
