@@ -44,9 +44,10 @@ class GeluFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        h = rebuild(ctx.spec, ctx.saved_tensors)
+        saved = ctx.saved_tensors  # read once (non-reentrant checkpointing unpacks each once)
+        h = rebuild(ctx.spec, saved)
         grad = torch.ops.aten.gelu_backward(g, h, approximate=ctx.approximate)
-        return (grad, None, None) + (None,) * len(ctx.saved_tensors)
+        return (grad, None, None) + (None,) * len(saved)
 
 
 class LinearFn(torch.autograd.Function):
