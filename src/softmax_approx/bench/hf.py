@@ -162,10 +162,10 @@ def _no_attention_dropout(row: Row) -> None:
                 getattr(m, name).p = 0.0
 
 
-def _compress(row: Row, linear: str) -> None:
+def _compress(row: Row, linear: str, layernorm: str = "shared") -> None:
     from ..nn import compress_activations
 
-    compress_activations(row.model, linear=linear)
+    compress_activations(row.model, linear=linear, layernorm=layernorm)
 
 
 #: name -> (label, setup(row)); besides these, "eager"/"sdpa" and any policy spec (parse_policy)
@@ -176,10 +176,11 @@ CONFIGURATIONS = {
     "selective-checkpoint": ("selective checkpointing (keep matmul outputs)", lambda r: _checkpoint_layers(r, 1, True)),
     "compress-exact": ("compress_activations, exact", lambda r: _compress(r, "exact")),
     "compress-int8": ("compress_activations, int8", lambda r: _compress(r, "int8")),
+    "compress-int8-layernorm": ("compress_activations, int8, LayerNorm int8 too", lambda r: _compress(r, "int8", "int8")),
 }
 PEER_IMPLEMENTATIONS = ("eager", "sdpa", "sdpa-no-attention-dropout", "checkpoint", "checkpoint-every-other",
                         "selective-checkpoint", "exact", "recompute", "quant:bits=8", "topk:keep_ratio=0.125",
-                        "paper:S=5", "compress-exact", "compress-int8")
+                        "paper:S=5", "compress-exact", "compress-int8", "compress-int8-layernorm")
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:
