@@ -17,6 +17,11 @@ from softmax_approx.nn import compress_activations
 from softmax_approx.nn.compress import CompressedLayerNorm, CompressedLinear, FusedGELU, SeededDropout
 from softmax_approx.nn.compress.kept import dequantize_rows, quantize_rows
 
+try:  # registers the Transformers attention switch that compress_activations uses
+    import softmax_approx.integrations.transformers  # noqa: F401
+except ImportError:  # pragma: no cover - Transformers is optional; its tests skip
+    pass
+
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return F.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0).item()
@@ -164,6 +169,7 @@ def test_q_k_v_share_one_int8_copy():
 
 # ----------------------------------------------------------------------------- whole models
 def _bert(dropout=0.0, layers=2, attention_dropout=None):
+    pytest.importorskip("transformers")
     from transformers import BertConfig, BertModel
 
     cfg = BertConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=64,
@@ -174,6 +180,7 @@ def _bert(dropout=0.0, layers=2, attention_dropout=None):
 
 
 def _gpt2(dropout=0.0):
+    pytest.importorskip("transformers")
     from transformers import GPT2Config, GPT2Model
 
     cfg = GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=97, n_positions=64, resid_pdrop=dropout,

@@ -23,7 +23,8 @@ Each part is optional (``None`` leaves those modules as they are):
 * ``attention``: ``"fastest"`` picks PyTorch's fused kernel (``sdpa``) when the model's
   attention has no dropout, and ``recompute`` otherwise; or any policy name (with
   ``attention_params``); applied through ``integrations.transformers.apply`` for Transformers
-  models and :func:`softmax_approx.nn.patch` for ``nn.MultiheadAttention``.
+  models (import that module first: it registers itself here) and
+  :func:`softmax_approx.nn.patch` for ``nn.MultiheadAttention``.
 
 ``exact`` mode's gradients equal the unmodified model's up to rounding (LayerNorm's recovered
 input differs in the last bits); the dropout masks are drawn from the seeds, so they differ
@@ -32,13 +33,15 @@ from ``nn.Dropout``'s draws (same distribution; the same seed gives the same mas
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
 
 from .kept import MODES
 from .modules import (CompressedLayerNorm, CompressedLinear, FusedGELU, SeededDropout, compressed_conv1d_class,
                       compressed_linear, conv1d_class)
 
-__all__ = ["compress_activations", "SeededDropout", "FusedGELU", "CompressedLinear", "CompressedLayerNorm",
+__all__ = ["compress_activations", "register_attention_switch", "SeededDropout", "FusedGELU", "CompressedLinear", "CompressedLayerNorm",
            "compressed_linear", "MODES"]
 
 #: Transformers' GELU module classes (by name, so Transformers stays optional) -> approximation
@@ -71,21 +74,34 @@ def _attention_dropout(model: nn.Module) -> float:
     return max(ps, default=0.0)
 
 
+#: (predicate, switch) pairs for model families whose attention another layer switches:
+#: ``integrations.transformers`` registers Transformers models on import.
+_ATTENTION_SWITCHES: list[tuple[Callable[[nn.Module], bool], Callable[..., object]]] = []
+
+
+def register_attention_switch(predicate: Callable[[nn.Module], bool], switch: Callable[..., object]) -> None:
+    """Let ``compress_activations`` switch the attention of models for which ``predicate`` holds
+    with ``switch(model, policy, **params)`` (idempotent per predicate/switch pair)."""
+    if (predicate, switch) not in _ATTENTION_SWITCHES:
+        _ATTENTION_SWITCHES.append((predicate, switch))
+
+
 def _apply_attention(model: nn.Module, policy: str, params: dict) -> str:
     from ..attention import MultiHeadAttention
     from ..patch import patch
 
     if policy == "fastest":
         policy = "sdpa" if _attention_dropout(model) == 0.0 else "recompute"
-    try:
-        from transformers import PreTrainedModel
-    except ImportError:  # pragma: no cover
-        PreTrainedModel = ()
-    if isinstance(model, PreTrainedModel):
-        from ...integrations.transformers import apply
-
-        apply(model, policy, **params)
-        return policy
+    for predicate, switch in _ATTENTION_SWITCHES:
+        if predicate(model):
+            switch(model, policy, **params)
+            return policy
+    if hasattr(model, "set_attn_implementation"):
+        raise ValueError(
+            f"compress_activations: {type(model).__name__} is a Transformers model; import "
+            "softmax_approx.integrations.transformers first (it switches Transformers attention), "
+            "or pass attention=None"
+        )
     if any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
         patch(model, policy, **params)
     for m in model.modules():
