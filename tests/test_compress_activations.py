@@ -301,3 +301,21 @@ def test_eval_and_no_grad_outputs_equal_the_unmodified_model():
 def test_bad_choice_names_the_parameter():
     with pytest.raises(ValueError, match="linear='int4'"):
         compress_activations(nn.Linear(2, 2), linear="int4")
+
+
+def test_int8_linear_reuses_a_finer_layernorm_copy_and_int16_layernorm_is_close():
+    torch.manual_seed(6)
+    ln, lin = nn.LayerNorm(32), nn.Linear(32, 8)
+    ref = copy.deepcopy((ln, lin))
+    ln.__class__, ln.compress_mode = CompressedLayerNorm, "int16"
+    lin.__class__, lin.compress_mode = CompressedLinear, "int8"
+    x = torch.randn(3, 5, 32, requires_grad=True)
+    with ActivationMeter() as meter:
+        out = lin(ln(x))
+    rows = 3 * 5
+    # one int16 copy of the LayerNorm output + its scales (shared by the int8 linear) + 1/std
+    assert meter.report().total_bytes == 2 * rows * 32 + 4 * rows + 4 * rows
+    out.square().sum().backward()
+    xr = x.detach().clone().requires_grad_()
+    ref[1](ref[0](xr)).square().sum().backward()
+    assert _rel(x.grad, xr.grad) < 1e-3 and _rel(ln.weight.grad, ref[0].weight.grad) < 1e-3

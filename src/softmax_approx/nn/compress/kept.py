@@ -4,8 +4,8 @@ Two ideas, both attached to the tensor object itself (plain Python attributes, s
 changes in the models' code):
 
 * **one kept copy per tensor** (:func:`kept`): the first module that needs a tensor for
-  backward stores its kept form on it (the tensor itself in ``exact`` mode, an int8 copy with
-  one float32 scale per row in ``int8`` mode); every later module (k and v after q, the
+  backward stores its kept form on it (the tensor itself in ``exact`` mode, an int8 or int16
+  copy with one float32 scale per row in ``int8`` / ``int16`` mode); every later module (k and v after q, the
   LayerNorm that produced it) saves the *same* storage, so it is kept once.
 * **recipes** (:class:`Recipe`): the output of a fused GELU or of a seeded dropout carries
   how to recompute it from a kept base tensor (GELU, then dropout from its seed). A linear
@@ -25,16 +25,20 @@ import torch.nn.functional as F
 
 from ...core.dropout import apply_dropout
 
-MODES = ("exact", "int8")
+#: kept forms, most precise first; a request is served by a more precise copy already kept
+MODES = ("exact", "int16", "int8")
+_INT = {"int16": (torch.int16, 32767.0), "int8": (torch.int8, 127.0)}
 _KEPT = "_sa_kept"
 _RECIPE = "_sa_recipe"
 
 
-# ------------------------------------------------------------------------- int8 rows
-def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(int8 values, float32 scale per row): x ~ q * scale, |error| <= scale / 2 per entry."""
-    scale = x.detach().abs().amax(dim=-1, keepdim=True).float().div_(127.0).clamp_(min=1e-30)
-    q = (x.detach().float() / scale).round_().clamp_(-127, 127).to(torch.int8)
+# ------------------------------------------------------------------------- integer rows
+def quantize_rows(x: torch.Tensor, mode: str = "int8") -> tuple[torch.Tensor, torch.Tensor]:
+    """(integer values, float32 scale per row): x ~ q * scale, |error| <= scale / 2 per entry,
+    scale = max |x| of the row / 127 (int8) or / 32767 (int16)."""
+    dtype, top = _INT[mode]
+    scale = x.detach().abs().amax(dim=-1, keepdim=True).float().div_(top).clamp_(min=1e-30)
+    q = (x.detach().float() / scale).round_().clamp_(-top, top).to(dtype)
     return q, scale
 
 
@@ -72,16 +76,15 @@ def rebuild(spec: tuple[str, torch.dtype], saved: tuple[torch.Tensor, ...]) -> t
 
 def kept(x: torch.Tensor, mode: str) -> Kept:
     """The kept form of ``x`` in ``mode``, made once per tensor and mode, then shared (an
-    ``int8`` request for a tensor some module already keeps whole gets the whole copy)."""
+    ``int8`` request for a tensor some module already keeps whole or as int16 gets that copy)."""
     if mode not in MODES:
         raise ValueError(f"kept mode {mode!r}: choose one of {', '.join(MODES)}")
     cache = getattr(x, _KEPT, None)
     if cache is not None and cache[0] == x._version:
-        if mode in cache[1]:
-            return cache[1][mode]
-        if "exact" in cache[1]:  # already kept whole by another module: int8 would only add bytes
-            return cache[1]["exact"]
-    form = Kept(mode, x.dtype, () if mode == "exact" else quantize_rows(x))
+        for finer in MODES[: MODES.index(mode) + 1]:  # a finer copy already kept: no more bytes
+            if finer in cache[1]:
+                return cache[1][finer]
+    form = Kept(mode, x.dtype, () if mode == "exact" else quantize_rows(x, mode))
     if cache is None or cache[0] != x._version:
         cache = (x._version, {})
         setattr(x, _KEPT, cache)
