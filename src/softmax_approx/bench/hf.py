@@ -204,25 +204,34 @@ def make_row(base: nn.Module, name: str, params: dict) -> Row:
 
 
 # ------------------------------------------------------------------------- measurements
-def measure(row: Row, inputs) -> dict:
+def measure(row: Row, inputs, peak: bool = False) -> dict:
+    """Saved bytes of one training step (and, with ``peak``, the step's peak memory)."""
     model = row.model
-    row.held.clear()
-    with ActivationMeter(model) as meter:
-        loss = _loss(model, inputs)
-    report = meter.report()
-    seen, params = set(report.records), {storage_key(p) for p in model.parameters()}
-    extra = 0
-    for t in row.extra_tensors():
-        key = storage_key(t)
-        if key not in seen and key not in params:
-            seen.add(key)
-            extra += storage_nbytes(t)
-    loss.backward()
-    model.zero_grad(set_to_none=True)
-    row.held.clear()
-    del loss
-    return {"attention_bytes": report.attention_bytes, "total_bytes": report.total_bytes + extra,
-            "softmax_state_bytes": report.softmax_state_bytes}
+    out: dict = {}
+
+    def step():
+        row.held.clear()
+        with ActivationMeter(model) as meter:
+            loss = _loss(model, inputs)
+        report = meter.report()
+        seen, params = set(report.records), {storage_key(p) for p in model.parameters()}
+        extra = 0
+        for t in row.extra_tensors():
+            key = storage_key(t)
+            if key not in seen and key not in params:
+                seen.add(key)
+                extra += storage_nbytes(t)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        row.held.clear()
+        out.update(attention_bytes=report.attention_bytes, total_bytes=report.total_bytes + extra,
+                   softmax_state_bytes=report.softmax_state_bytes)
+
+    if peak:
+        out["peak_bytes"] = peak_bytes(step, torch.device("cpu"))
+    else:
+        step()
+    return out
 
 
 def _step(row: Row, inputs) -> None:
@@ -280,9 +289,7 @@ def run(args) -> list[dict]:
         layers = len(sa_hf.attention_modules(row.model))
         torch.manual_seed(args.seed)
         rec = {"model": args.model, "implementation": name, "params": params, "batch": args.batch,
-               "seq_len": args.seq_len, "attention_layers": layers, **measure(row, inputs)}
-        if args.peak:
-            rec["peak_bytes"] = peak_bytes(lambda: _step(row, inputs), torch.device("cpu"))
+               "seq_len": args.seq_len, "attention_layers": layers, **measure(row, inputs, args.peak)}
         if reference is not None:
             quiet = make_row(build_model(args.model, args.seed, dropout=False), name, params)
             rec["grad_cosine"] = torch.nn.functional.cosine_similarity(param_grads(quiet.model, inputs), reference, dim=0).item()
