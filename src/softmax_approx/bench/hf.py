@@ -301,7 +301,7 @@ def run(args) -> list[dict]:
         rows.append(row)
         print(format_row(rec), flush=True)
     if args.time:
-        seconds = interleaved_seconds(rows, inputs, args.repeats)
+        seconds = interleaved_seconds(rows, inputs, args.repeats, warmup=args.warmup)
         for rec, sec in zip(records, seconds):
             rec["seconds_fwd_bwd"] = sec
             rec["time_ratio_vs_eager"] = sec / seconds[0]
@@ -369,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--time", action="store_true", help="also time forward+backward (median of --repeats)")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed rounds before the timed ones (each row has already run one step to be measured)")
     p.add_argument("--fidelity", action="store_true", help="also the parameter-gradient cosine against exact")
     p.add_argument("--seed", type=int, default=0)
     add_output_args(p)
