@@ -90,7 +90,8 @@ class Row:
 
     def __init__(self, model: nn.Module):
         self.model = model
-        self.held: list = []  # (tensors kept by checkpointing) collected during a forward
+        self.held: list = []  # what checkpointing keeps, collected during a measured forward
+        self.recording = False  # only then: holding it longer would change the peak it measures
 
     def extra_tensors(self) -> list[torch.Tensor]:
         out: list[torch.Tensor] = []
@@ -133,7 +134,8 @@ def _checkpoint_layers(row: Row, every: int, selective: bool) -> None:
 
     def contexts():
         fwd, recompute = create_selective_checkpoint_contexts(policy)
-        row.held.append(fwd)
+        if row.recording:
+            row.held.append(fwd)
         return fwd, recompute
 
     for i, layer in enumerate(_layers(row.model)):
@@ -143,7 +145,7 @@ def _checkpoint_layers(row: Row, every: int, selective: bool) -> None:
 
         def wrapped(*args, _forward=forward, **kwargs):
             fn = functools.partial(_forward, **kwargs)
-            if selective:
+            if selective and row.recording:
                 row.held.append(args)
                 return checkpoint(fn, *args, use_reentrant=False, context_fn=contexts)
             return checkpoint(fn, *args, use_reentrant=True)
@@ -211,8 +213,10 @@ def measure(row: Row, inputs, peak: bool = False) -> dict:
 
     def step():
         row.held.clear()
+        row.recording = True
         with ActivationMeter(model) as meter:
             loss = _loss(model, inputs)
+        row.recording = False
         report = meter.report()
         seen, params = set(report.records), {storage_key(p) for p in model.parameters()}
         extra = 0
@@ -221,9 +225,9 @@ def measure(row: Row, inputs, peak: bool = False) -> dict:
             if key not in seen and key not in params:
                 seen.add(key)
                 extra += storage_nbytes(t)
+        row.held.clear()  # counted: let backward free them as it goes
         loss.backward()
         model.zero_grad(set_to_none=True)
-        row.held.clear()
         out.update(attention_bytes=report.attention_bytes, total_bytes=report.total_bytes + extra,
                    softmax_state_bytes=report.softmax_state_bytes)
 
