@@ -25,7 +25,9 @@ runs on its own copy of the model sharing the same parameters; timed steps are i
 across rows (one step of each row per round), so a change in machine load hits all rows alike.
 ``peak_bytes`` is the peak memory of one training step above the level before it
 (:mod:`._peak`: RSS on a CPU, ``max_memory_allocated`` on a GPU), which also shows what
-checkpointing holds while it recomputes a layer in backward (saved bytes do not).
+checkpointing holds while it recomputes a layer in backward (saved bytes do not); it is
+measured after the timing, because making glibc return freed memory (which the RSS reading
+needs) slows every allocation, most for the rows that allocate most.
 Checkpointed regions' saved bytes are their inputs (reentrant checkpointing saves them) and,
 for selective checkpointing, the outputs it keeps.
 """
@@ -285,8 +287,6 @@ def run(args) -> list[dict]:
     specs = [parse_spec(s) for s in (args.implementation or default)]
     if specs[0] != ("eager", {}):
         specs = [("eager", {})] + [s for s in specs if s != ("eager", {})]
-    if args.peak:
-        return_freed_memory()
     base = build_model(args.model, args.seed)
     inputs = make_batch(base, args.batch, args.seq_len, args.seed)
     reference = None
@@ -299,7 +299,7 @@ def run(args) -> list[dict]:
         layers = len(sa_hf.attention_modules(row.model))
         torch.manual_seed(args.seed)
         rec = {"model": args.model, "implementation": name, "params": params, "batch": args.batch,
-               "seq_len": args.seq_len, "attention_layers": layers, **measure(row, inputs, args.peak)}
+               "seq_len": args.seq_len, "attention_layers": layers, **measure(row, inputs)}
         if reference is not None:
             quiet = make_row(build_model(args.model, args.seed, dropout=False), name, params)
             rec["grad_cosine"] = torch.nn.functional.cosine_similarity(param_grads(quiet.model, inputs), reference, dim=0).item()
@@ -317,6 +317,11 @@ def run(args) -> list[dict]:
             rec["time_ratio_vs_eager"] = sec / seconds[0]
         print(f"# step {args.clock} time / eager (interleaved, median of {args.repeats}): "
               + ", ".join(f"{_label(r)} {r['time_ratio_vs_eager']:.2f}" for r in records), flush=True)
+    if args.peak:  # last: returning freed memory to the system makes allocation slower
+        return_freed_memory()
+        for rec, row in zip(records, rows):
+            rec["peak_bytes"] = measure(row, inputs, peak=True)["peak_bytes"]
+        print("# peak MiB of a step: " + ", ".join(f"{_label(r)} {_mib(r['peak_bytes'])}" for r in records), flush=True)
     return records
 
 
