@@ -648,9 +648,11 @@ def test_cpu_plan_is_the_promised_one_and_renders_without_holes(tmp_path):
     for spec in plan.runs.values():
         by_task.setdefault(spec.task, set()).add((spec.setting.label, spec.seed))
     memory = next(e for e in exps if e.name == "memory")
-    assert by_task["sst2"] == {(s.label, n) for s in memory.settings for n in (0, 1, 2)}
+    # the activations experiment adds recompute + activations=exact / int8 on SST-2 and Multi30k
+    whole = {(f"recompute + activations={a}", n) for a in ("exact", "int8") for n in (0, 1, 2)}
+    assert by_task["sst2"] == {(s.label, n) for s in memory.settings for n in (0, 1, 2)} | whole
     m30k = {"eager", "paper S=5", "quant bits=8", "topk keep_ratio=1/4", "recompute"}
-    assert by_task["multi30k"] == {(s, n) for s in m30k for n in (0, 1, 2)}
+    assert by_task["multi30k"] == {(s, n) for s in m30k for n in (0, 1, 2)} | whole
     imdb = {"eager", "paper S=5", "quant bits=8", "recompute"}
     assert by_task["imdb"] == {(s, n) for s in imdb for n in (0, 1, 2)}
     assert set(by_task) == {"sst2", "multi30k", "imdb"}

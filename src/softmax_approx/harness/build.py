@@ -31,6 +31,7 @@ def build_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.Lightn
     BaseTask; the attention policy is the model's (``model.policy``)."""
     module_cls = get_class(cfg.task.module._target_)
     net = instantiate_model(cfg.model, **module_cls.net_kwargs(datamodule))
+    apply_activations(net, cfg.get("activations"))
     return hydra.utils.instantiate(
         cfg.task.module,
         _convert_="all",
@@ -38,6 +39,17 @@ def build_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.Lightn
         optimizer=hydra.utils.instantiate(cfg.optimizer),
         scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
     )
+
+
+def apply_activations(net: Any, act: DictConfig | None) -> dict | None:
+    """The ``activations`` group: ``compress_activations`` on the built model when ``mode`` is
+    set (the attention is left to the ``attention`` group); what it switched, or None."""
+    if not act or not act.get("mode"):
+        return None
+    from softmax_approx.nn import compress_activations
+
+    return compress_activations(net, attention=None, linear=act.mode, dropout=act.get("dropout"),
+                                gelu=act.get("gelu"), layernorm=act.get("layernorm"))
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, group: str | None = None,

@@ -55,6 +55,7 @@ from transformers import AttentionInterface, PreTrainedConfig, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from ..core import POLICY_NAMES, Policy, attention, make_policy
+from ..nn.compress import register_attention_switch
 
 #: The generic implementation name (policy from ``config.softmax_approx``).
 NAME = "softmax_approx"
@@ -298,4 +299,11 @@ def apply(model: nn.Module, policy: str = DEFAULT_POLICY, **params) -> int:
     return len(layers)
 
 
+
+def _is_transformers_model(model: nn.Module) -> bool:
+    return isinstance(model, PreTrainedModel)
+
+
 register()
+# compress_activations(model, attention=...) on a Transformers model switches it with apply
+register_attention_switch(_is_transformers_model, apply)

@@ -42,6 +42,8 @@ class Setting:
 
     policy: str
     params: tuple[tuple[str, Any], ...] = ()
+    #: whole-model activation mode (the ``activations`` config group), None = the default (none)
+    activations: str | None = None
 
     @property
     def params_dict(self) -> dict[str, Any]:
@@ -49,13 +51,15 @@ class Setting:
 
     @property
     def label(self) -> str:
-        if not self.params:
-            return self.policy
-        return self.policy + " " + ", ".join(f"{k}={_fmt_param(k, v)}" for k, v in self.params)
+        text = self.policy
+        if self.params:
+            text += " " + ", ".join(f"{k}={_fmt_param(k, v)}" for k, v in self.params)
+        return text + (f" + activations={self.activations}" if self.activations else "")
 
     @property
     def slug(self) -> str:
-        return self.policy + "".join(f"-{k}{v}" for k, v in self.params)
+        return self.policy + "".join(f"-{k}{v}" for k, v in self.params) + (
+            f"-act{self.activations}" if self.activations else "")
 
     def matches(self, policy: str, params: dict[str, Any] | None) -> bool:
         """True if a run of `policy` with `params` (possibly with more keys) is this setting."""
@@ -144,6 +148,7 @@ class Experiment:
                                     for n in self.seeds_for(t)):
             ov = [f"task={task}", f"attention={setting.policy}"]
             ov += [f"attention.params.{k}={v}" for k, v in setting.params]
+            ov += [f"activations={setting.activations}"] if setting.activations else []
             ov += [f"profile={self.profile}", f"seed={seed}", *common_overrides, *self.overrides]
             out.append(RunSpec(run_key(task, setting, seed, ov), task, setting, seed, tuple(ov)))
         return out
@@ -156,7 +161,8 @@ def run_key(task: str, setting: Setting, seed: int, overrides: list[str]) -> str
 
 
 def parse_policies(items: list[Any], where: str) -> list[Setting]:
-    """`[eager, {name: paper, grid: {S: [1, 5]}}, {name: quant, params: {bits: 8}}]` -> settings."""
+    """`[eager, {name: paper, grid: {S: [1, 5]}}, {name: quant, params: {bits: 8}}]` -> settings;
+    an entry may add `activations: exact | int8` (the whole-model activation mode)."""
     settings: list[Setting] = []
     for item in items:
         if isinstance(item, str):
@@ -172,7 +178,9 @@ def parse_policies(items: list[Any], where: str) -> list[Setting]:
         keys = sorted(grid)
         for values in itertools.product(*(_as_list(grid[k]) for k in keys)):
             params = {**fixed, **dict(zip(keys, values))}
-            settings.append(Setting(str(item["name"]), tuple(sorted(params.items()))))
+            act = item.get("activations")
+            settings.append(Setting(str(item["name"]), tuple(sorted(params.items())),
+                                    None if act in (None, "none") else str(act)))
     return settings
 
 

@@ -142,7 +142,7 @@ def mem_stats(cell: Cell, key: str) -> Stats:
 
 def _baseline(cells: dict[tuple[str, Setting], Cell], task: str, policy: str) -> Cell | None:
     for (t, s), c in cells.items():
-        if t == task and s.policy == policy and not s.params:
+        if t == task and s.policy == policy and not s.params and not s.activations:
             return c
     for (t, s), c in cells.items():
         if t == task and s.policy == policy:
@@ -169,7 +169,8 @@ def memory_table(exp: Experiment, cells: dict[tuple[str, Setting], Cell]) -> Tab
     ref_name = exp.raw.get("reference", "exact")
     has_ref = any(s.policy == ref_name for s in exp.settings) and ref_name != base_name
     header = ["task", "policy", "batch (B×L)", "attention activation", "softmax state",
-              "total activation", f"attention vs {base_name}", f"softmax state vs {base_name}"]
+              "total activation", f"attention vs {base_name}", f"softmax state vs {base_name}",
+              f"total vs {base_name}"]
     header += [f"attention vs {ref_name}"] if has_ref else []
     rows, csv_rows = [], []
     for (task, setting), cell in cells.items():
@@ -198,6 +199,7 @@ def memory_table(exp: Experiment, cells: dict[tuple[str, Setting], Cell]) -> Tab
             shown(m["total_activation_bytes"]),
             vs("attention_bytes", bm["attention_bytes"], base, base_name),
             vs("softmax_state_bytes", bm["softmax_state_bytes"], base, base_name),
+            vs("total_activation_bytes", bm["total_activation_bytes"], base, base_name),
         ] + ([vs("attention_bytes", rm, ref, ref_name)] if has_ref else []))
         row = _base_row(exp, cell) | {"batch_shape": shape}
         for k in MEMORY_KEYS:
@@ -206,6 +208,8 @@ def memory_table(exp: Experiment, cells: dict[tuple[str, Setting], Cell]) -> Tab
             m["attention_bytes"].mean, bm["attention_bytes"].mean)
         row[f"softmax_state_reduction_vs_{base_name}_pct"] = reduction_pct(
             m["softmax_state_bytes"].mean, bm["softmax_state_bytes"].mean)
+        row[f"total_reduction_vs_{base_name}_pct"] = reduction_pct(
+            m["total_activation_bytes"].mean, bm["total_activation_bytes"].mean)
         kinds = sorted({k for r in cell.completed for k in (r.memory.get("by_kind") or {})})
         for kind in kinds:  # e.g. encoder_self / decoder_self / cross, when the run reports it
             for field_ in ("bytes", "softmax_state_bytes"):
