@@ -8,13 +8,15 @@ Plain PyTorch; importing it pulls in neither Lightning nor Hydra.
 
 from .functional import attention, masked_softmax, valid_mask
 from .memory import ActivationMeter, CudaPeak, MemoryReport
-from .policies import POLICIES, POLICY_NAMES, Policy, index_dtype, make_policy
+from .policies import POLICIES, POLICY_NAMES, Policy, index_dtype, make_policy, policy_class, register_policy
 from .softmax import approx_softmax
 
 __all__ = [
     "attention",
     "approx_softmax",
     "make_policy",
+    "register_policy",
+    "policy_class",
     "Policy",
     "POLICIES",
     "POLICY_NAMES",
