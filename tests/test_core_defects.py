@@ -1,16 +1,18 @@
-"""Regression tests for the core's edge-path defects (issue 9, section 1), one per defect:
-each failed before its fix."""
+"""Regression tests for the core's edge-path defects, one per defect: each failed before its
+fix."""
 
 import math
 
 import pytest
 import torch
 
-from softmax_approx.core import approx_softmax, attention, make_policy
+from softmax_approx.core import POLICY_NAMES, approx_softmax, attention, make_policy, policy_class
 from softmax_approx.core.policies import Paper
 
-FUSED = ("exact", "paper", "topk", "quant", "recompute")
-APPROX = ("exact", "paper", "topk", "quant")
+# from the registry: a new policy joins these suites by itself
+FUSED = tuple(p for p in POLICY_NAMES if not policy_class(p).native)      # the fused function's
+APPROX = tuple(p for p in FUSED if not policy_class(p).recomputes)        # approx_softmax's too
+MINUS_INF_PARAMS = {"paper": {"S": 2}, "topk": {"keep_ratio": 0.25}}
 
 
 def _softmax_grad(x, grad, mask=None):
@@ -201,7 +203,7 @@ def test_approx_softmax_double_backward_raises():
 
 
 # 9 --------------------------------------------------------------- -inf logits act as a mask
-@pytest.mark.parametrize("policy,params", [("paper", {"S": 2}), ("topk", {"keep_ratio": 0.25}), ("quant", {}), ("exact", {})])
+@pytest.mark.parametrize("policy,params", [(p, MINUS_INF_PARAMS.get(p, {})) for p in APPROX])
 def test_minus_inf_logits_act_exactly_like_a_mask(policy, params):
     gen = torch.Generator().manual_seed(9)
     x = torch.randn(4, 40, generator=gen, dtype=torch.float64) * 2
