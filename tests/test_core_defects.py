@@ -13,6 +13,8 @@ from softmax_approx.core.policies import Paper
 FUSED = tuple(p for p in POLICY_NAMES if not policy_class(p).native)      # the fused function's
 APPROX = tuple(p for p in FUSED if not policy_class(p).recomputes)        # approx_softmax's too
 MINUS_INF_PARAMS = {"paper": {"S": 2}, "topk": {"keep_ratio": 0.25}}
+# parameters that make an approximate rebuild exact here (the gradients follow exactly)
+EXACT_REBUILD = {"topk": {"keep_ratio": 1.0}}
 
 
 def _softmax_grad(x, grad, mask=None):
@@ -54,7 +56,7 @@ def test_paper_attention_with_a_score_gap_of_40_has_finite_gradients():
 def _check_broadcast_dropout(policy, q, k, v, mask):
     """v = identity, so out = the dropped probabilities: the gradients follow from it exactly."""
     ins = [t.clone().requires_grad_() for t in (q, k, v)]
-    params = {"keep_ratio": 1.0} if policy == "topk" else {}
+    params = EXACT_REBUILD.get(policy, {})
     out = attention(*ins, mask=mask, dropout_p=0.5, policy=policy, **params)
     g = torch.randn_like(out)
     out.backward(g)
@@ -85,7 +87,7 @@ def test_dropout_with_a_mask_of_larger_batch_than_q(policy):
     q, k = torch.randn(1, 2, 5, 4, generator=g), torch.randn(1, 2, 5, 4, generator=g)
     mask = torch.ones(3, 1, 1, 5, dtype=torch.bool)
     mask[1, ..., 3:] = False
-    if policy in ("exact", "recompute", "topk"):
+    if policy_class(policy).exact or policy in EXACT_REBUILD:
         _check_broadcast_dropout(policy, q, k, torch.eye(5).expand(1, 2, 5, 5), mask)
     else:  # approximate backward: it runs and is finite
         ins = [t.clone().requires_grad_() for t in (q, k, torch.eye(5).expand(1, 2, 5, 5))]
