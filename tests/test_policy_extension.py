@@ -1,14 +1,16 @@
 """A storage policy defined outside the package works everywhere: one class in the user's own
-module, one attention yaml in the user's own config dir. The module is written to a temporary
-directory (not the package), then used in code, trained through the harness, benchmarked and
-rendered."""
+module, one attention yaml in the user's own config dir (docs/method.md's example, as written).
+The module is written to a temporary directory (not the package), then used in code, trained
+through the harness, benchmarked and rendered."""
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,48 +24,20 @@ from softmax_approx.report import render_report
 from softmax_approx.train import train
 from softmax_approx.utils.errors import ConfigError
 
-MODULE = "user_policies_for_test"
-POLICY_SOURCE = '''
-"""A user's policy: keep the larger part of each row, refill the rest uniformly."""
-import math
-
-from softmax_approx.core import Policy, index_dtype, register_policy
+ROOT = Path(__file__).resolve().parents[1]
 
 
-@register_policy
-class HalfKeep(Policy):
-    """Keep the ceil(fraction * n) largest probabilities of each row and their indices; the
-    valid entries not kept share the row's missing mass equally."""
+def _doc_blocks(lang: str) -> list[str]:
+    """The ``lang`` code blocks of docs/method.md's "Your own policy" section, as written."""
+    text = (ROOT / "docs" / "method.md").read_text(encoding="utf-8")
+    section = text.split("## Your own policy", 1)[1].split("\n## ", 1)[0]
+    return re.findall(rf"```{lang}\n(.*?)```", section, flags=re.S)
 
-    name = "halfkeep"
-    keeps = "the larger half of each row's probabilities and their indices"
-    restore_needs_valid = True
-    marker = "h"
-    fraction: float = 0.5
 
-    def validate(self):
-        if not 0 < self.fraction <= 1:
-            raise ValueError(f"policy 'halfkeep': parameter fraction must be in (0, 1], got {self.fraction!r}")
-
-    def compress(self, probs, valid):
-        values, indices = probs.topk(max(1, math.ceil(self.fraction * probs.shape[-1])), dim=-1)
-        return values.contiguous(), indices.to(index_dtype(probs.shape[-1]))
-
-    def restore(self, state, valid):
-        values, indices = state
-        idx = indices.long()
-        kept_valid = valid.gather(-1, idx)
-        missing = (1.0 - values.float().sum(-1, keepdim=True)).clamp(min=0.0)
-        rest = (valid.sum(-1, keepdim=True) - kept_valid.sum(-1, keepdim=True)).clamp(min=1)
-        out = (missing / rest).to(values.dtype).expand(valid.shape).masked_fill(~valid, 0.0)
-        return out.scatter(-1, idx, values)
-'''
-YAML = f"""# a policy of your own: the class, its name, its parameters
-_target_: {MODULE}.HalfKeep
-name: halfkeep
-params:
-  fraction: 0.5
-"""
+# the documented example is the policy under test: the docs cannot drift from what works
+MODULE = "my_policies"
+(POLICY_SOURCE,) = _doc_blocks("python")
+(YAML,) = _doc_blocks("yaml")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ Plain PyTorch; importing it pulls in neither Lightning nor Hydra.
 """
 
 from .functional import attention, masked_softmax, valid_mask
-from .memory import ActivationMeter, CudaPeak, MemoryReport
+from .memory import ActivationMeter, MemoryReport
 from .policies import POLICIES, POLICY_NAMES, Policy, index_dtype, make_policy, policy_class, register_policy
 from .softmax import approx_softmax
 
@@ -21,7 +21,6 @@ __all__ = [
     "POLICIES",
     "POLICY_NAMES",
     "ActivationMeter",
-    "CudaPeak",
     "MemoryReport",
     "masked_softmax",
     "valid_mask",

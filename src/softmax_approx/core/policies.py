@@ -12,8 +12,8 @@ Masked entries of `probs` are exactly zero.
 
 A policy is one class: a dataclass whose fields are its parameters (with their defaults) and
 whose class attributes declare its behaviour (:class:`Policy` lists them). The fused function,
-``approx_softmax``, the integrations, the benchmarks and the figures read those attributes and
-the registry; nothing else names a policy. Adding one (inside or outside this package)::
+``approx_softmax``, the integrations and the benchmarks read those attributes and the registry;
+nothing decides behaviour by a policy's name. Adding one (inside or outside this package)::
 
     @register_policy
     class HalfKeep(Policy):
@@ -89,9 +89,6 @@ class Policy:
     state_aliases_probs: ClassVar[bool] = False
     #: Parameter settings the attention benchmark runs by default, each over the defaults.
     bench_settings: ClassVar[tuple[dict, ...]] = ({},)
-    #: Plot marker and colour of the policy in the figures (matplotlib spellings).
-    marker: ClassVar[str] = "v"
-    color: ClassVar[str | None] = None
     #: The parameters' names, filled in by :func:`register_policy` (torch.compile cannot trace
     #: dataclasses.fields).
     field_names: ClassVar[tuple[str, ...]] = ()
@@ -198,8 +195,6 @@ class Eager(Policy):
     keeps: ClassVar[str] = "what PyTorch's ops keep: probabilities, dropout mask, dropped probabilities"
     exact: ClassVar[bool] = True
     native: ClassVar[bool] = True
-    marker: ClassVar[str] = "*"
-    color: ClassVar[str | None] = "black"
 
     def run_native(self, q, k, v, mask, bias, causal, p, scale):
         from .functional import eager_attention
@@ -216,8 +211,6 @@ class Exact(Policy):
     keeps: ClassVar[str] = "the probabilities"
     exact: ClassVar[bool] = True
     state_aliases_probs: ClassVar[bool] = True
-    marker: ClassVar[str] = "s"
-    color: ClassVar[str | None] = "C0"
 
     @staticmethod
     def compress_with(probs, valid, param):
@@ -251,8 +244,6 @@ class Paper(Policy):
     name: ClassVar[str] = "paper"
     keeps: ClassVar[str] = "ranks, the S largest and S smallest values and one decay rate per row"
     compress_needs_valid: ClassVar[bool] = True
-    marker: ClassVar[str] = "o"
-    color: ClassVar[str | None] = "C1"
 
     def validate(self):
         if isinstance(self.S, bool) or not isinstance(self.S, int) or self.S < 1:
@@ -333,8 +324,6 @@ class TopK(Policy):
     keeps: ClassVar[str] = "the ceil(keep_ratio * L) largest values per row and their indices"
     compress_needs_valid: ClassVar[bool] = True
     restore_needs_valid: ClassVar[bool] = True
-    marker: ClassVar[str] = "^"
-    color: ClassVar[str | None] = "C2"
 
     def validate(self):
         r = self.keep_ratio
@@ -380,8 +369,6 @@ class Quant(Policy):
     name: ClassVar[str] = "quant"
     keeps: ClassVar[str] = "bits-bit codes of the probabilities and one scale per row"
     bench_settings: ClassVar[tuple[dict, ...]] = ({}, {"bits": 4})
-    marker: ClassVar[str] = "D"
-    color: ClassVar[str | None] = "C3"
 
     def validate(self):
         if type(self.bits) is not int or self.bits not in (2, 4, 8):
@@ -426,8 +413,6 @@ class Recompute(Policy):
     keeps: ClassVar[str] = "one log-sum-exp per row"
     exact: ClassVar[bool] = True
     recomputes: ClassVar[bool] = True
-    marker: ClassVar[str] = "P"
-    color: ClassVar[str | None] = "C4"
 
 
 @register_policy
@@ -440,8 +425,6 @@ class Sdpa(Policy):
     exact: ClassVar[bool] = True
     native: ClassVar[bool] = True
     recomputes: ClassVar[bool] = True
-    marker: ClassVar[str] = "X"
-    color: ClassVar[str | None] = "C5"
 
     def run_native(self, q, k, v, mask, bias, causal, p, scale):
         from .functional import sdpa_attention

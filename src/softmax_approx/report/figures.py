@@ -11,6 +11,7 @@ Each function returns the matplotlib Figure so the notebook can show it inline, 
 from __future__ import annotations
 
 import math
+import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,23 +23,32 @@ from matplotlib.lines import Line2D
 from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 
-from softmax_approx.core.policies import POLICIES
 from softmax_approx.report.definitions import Experiment, Setting
 from softmax_approx.report.io import save_figure
 from softmax_approx.report.results import Cell, stats
 from softmax_approx.report.tables import fidelity_of
 
+# one marker and colour per policy family, the same in every figure (the report reads results
+# without torch, so not from the policy classes); any other policy gets its own from its name
+MARKERS = {"eager": "*", "exact": "s", "paper": "o", "topk": "^", "quant": "D",
+           "recompute": "P", "sdpa": "X"}
+COLORS = {"eager": "black", "exact": "C0", "paper": "C1", "topk": "C2", "quant": "C3",
+          "recompute": "C4", "sdpa": "C5"}
+SPARE_MARKERS = ("v", "<", ">", "h", "p", "d", "H", "8")
+SPARE_COLORS = ("C6", "C7", "C8", "C9")
+
+
 def policy_marker(policy: str) -> str:
-    """The policy's plot marker (its class's ``marker``), the same in every figure; "o" for a
-    policy not registered in this process (a record read from elsewhere)."""
-    cls = POLICIES.get(str(policy))
-    return "o" if cls is None else cls.marker
+    """The policy's plot marker: the table's, else a spare one fixed by its name (a policy of
+    your own gets the same marker in every figure and every run, with no edit here)."""
+    name = str(policy)
+    return MARKERS.get(name) or SPARE_MARKERS[zlib.crc32(name.encode()) % len(SPARE_MARKERS)]
 
 
 def policy_color(policy: str) -> str:
-    """The policy's colour (its class's ``color``); grey when it has none."""
-    cls = POLICIES.get(str(policy))
-    return (cls.color if cls is not None else None) or "grey"
+    """The policy's colour, chosen as its marker."""
+    name = str(policy)
+    return COLORS.get(name) or SPARE_COLORS[zlib.crc32(name.encode()) % len(SPARE_COLORS)]
 
 
 MARKER_SIZE = 45  # points^2
