@@ -192,3 +192,13 @@ def test_renders_it_in_the_memory_table(trained, tmp_path):
     assert float(row["attention_bytes_mean"]) == pytest.approx(half)
     assert float(row["attention_reduction_vs_eager_pct"]) == pytest.approx(100 * (1 - half / eager))
     assert "| sst2 | halfkeep fraction=0.5 |" in (out / "tables" / "memory.md").read_text()
+
+
+def test_figures_and_help_know_it_without_an_edit(user_module, capsys):
+    from softmax_approx.report.figures import MARKERS, policy_color, policy_marker
+
+    assert (policy_marker("paper"), policy_color("paper")) == ("o", "C1")  # the built-ins' look is kept
+    assert policy_marker("halfkeep") == policy_marker("halfkeep") not in MARKERS.values()
+    with pytest.raises(SystemExit):
+        bench.main(["--help"])
+    assert "halfkeep   keeps the larger half of each row's probabilities" in capsys.readouterr().out

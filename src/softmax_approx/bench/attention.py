@@ -340,9 +340,12 @@ def compile_errors(records: list[dict]) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    kept = "\n".join(f"  {name:10} keeps {cls.keeps}" for name, cls in POLICIES.items())
     p = argparse.ArgumentParser(prog="python -m softmax_approx.bench", description=__doc__,
+                                epilog=f"policies (--policy NAME, or a class of your own as module.Class):\n{kept}",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--policy", action="append", help="NAME[:key=value,...], repeatable (default: all policies)")
+    p.add_argument("--policy", action="append", help="NAME[:key=value,...], repeatable (default: every "
+                   "registered policy at its bench_settings)")
     p.add_argument("--seq-len", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--heads", type=int, default=4)

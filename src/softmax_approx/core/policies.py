@@ -69,7 +69,7 @@ class Policy:
 
     #: The registry key: ``attention(policy=name)``, ``attention=<name>`` yaml, results.json.
     name: ClassVar[str]
-    #: What the state holds, in words (documentation and ``--help`` listings).
+    #: What the state holds, in words (the benchmark's ``--help`` lists it).
     keeps: ClassVar[str] = ""
     #: True when the backward rebuilds the probabilities exactly.
     exact: ClassVar[bool] = False
