@@ -1,4 +1,4 @@
-"""The fault cases of issue 15 (docs/reliability.md, "Fault table"): same inputs give the same
+"""The fault cases of docs/reliability.md ("Fault table"): same inputs give the same
 result, a completed result is never lost or mislabelled, every failure is one line with its
 reason kept. Each test failed before the change it names and passes after.
 """
