@@ -27,7 +27,7 @@ import warnings
 import torch
 import transformers
 
-from softmax_approx.core import POLICY_NAMES
+from softmax_approx.core import POLICY_NAMES, policy_class
 from softmax_approx.integrations import transformers as sa_hf
 
 B, L, VOCAB = 2, 10, 99
@@ -37,7 +37,7 @@ DROPOUTS = (0.0, 0.1)
 CHECKPOINTING = ("none", "non_reentrant", "reentrant")
 MODES = ("eager", "compile")
 PARAMS = {"paper": {"S": 2}, "topk": {"keep_ratio": 0.25}, "quant": {"bits": 8}}
-EXACT = ("eager", "sdpa", "exact", "recompute")
+EXACT = tuple(p for p in POLICY_NAMES if policy_class(p).exact)
 OUT_TOL, GRAD_TOL = 1e-5, 1e-4
 
 

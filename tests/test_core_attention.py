@@ -6,11 +6,14 @@ import math
 import pytest
 import torch
 
-from softmax_approx.core import POLICY_NAMES, attention, make_policy, valid_mask
+from softmax_approx.core import POLICY_NAMES, attention, make_policy, policy_class, valid_mask
 from softmax_approx.core import dropout as core_dropout
 
-EXACT_POLICIES = ("eager", "exact", "recompute", "sdpa")
-FUSED_POLICIES = ("exact", "paper", "topk", "quant", "recompute")
+# from the registry: a new policy joins these suites by itself
+EXACT_POLICIES = tuple(p for p in POLICY_NAMES if policy_class(p).exact)
+FUSED_POLICIES = tuple(p for p in POLICY_NAMES if not policy_class(p).native)
+# parameters that make an approximate rebuild exact here (dV checked against the reference)
+EXACT_REBUILD = {"topk": {"keep_ratio": 1.0}}
 
 
 def reference_attention(q, k, v, mask=None, causal=False, keep=None, p=0.0):
@@ -84,10 +87,9 @@ def test_dropout_is_regenerated_bit_identically(policy):
 
     torch.manual_seed(123)                                           # same seed drawn inside
     got_in = [t.clone().requires_grad_() for t in (q, k, v)]
-    params = {"keep_ratio": 1.0} if policy == "topk" else {}
-    out = attention(*got_in, mask=mask, dropout_p=p, policy=policy, **params)
+    out = attention(*got_in, mask=mask, dropout_p=p, policy=policy, **EXACT_REBUILD.get(policy, {}))
     torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
-    if policy in ("paper", "quant"):                                 # approximate backward
+    if not (policy_class(policy).exact or policy in EXACT_REBUILD):  # approximate backward
         return
     got = torch.autograd.grad(out, got_in, grad_out)
     for g, w in zip(got, want):

@@ -1,16 +1,20 @@
-"""Regression tests for the core's edge-path defects (issue 9, section 1), one per defect:
-each failed before its fix."""
+"""Regression tests for the core's edge-path defects, one per defect: each failed before its
+fix."""
 
 import math
 
 import pytest
 import torch
 
-from softmax_approx.core import approx_softmax, attention, make_policy
+from softmax_approx.core import POLICY_NAMES, approx_softmax, attention, make_policy, policy_class
 from softmax_approx.core.policies import Paper
 
-FUSED = ("exact", "paper", "topk", "quant", "recompute")
-APPROX = ("exact", "paper", "topk", "quant")
+# from the registry: a new policy joins these suites by itself
+FUSED = tuple(p for p in POLICY_NAMES if not policy_class(p).native)      # the fused function's
+APPROX = tuple(p for p in FUSED if not policy_class(p).recomputes)        # approx_softmax's too
+MINUS_INF_PARAMS = {"paper": {"S": 2}, "topk": {"keep_ratio": 0.25}}
+# parameters that make an approximate rebuild exact here (the gradients follow exactly)
+EXACT_REBUILD = {"topk": {"keep_ratio": 1.0}}
 
 
 def _softmax_grad(x, grad, mask=None):
@@ -52,7 +56,7 @@ def test_paper_attention_with_a_score_gap_of_40_has_finite_gradients():
 def _check_broadcast_dropout(policy, q, k, v, mask):
     """v = identity, so out = the dropped probabilities: the gradients follow from it exactly."""
     ins = [t.clone().requires_grad_() for t in (q, k, v)]
-    params = {"keep_ratio": 1.0} if policy == "topk" else {}
+    params = EXACT_REBUILD.get(policy, {})
     out = attention(*ins, mask=mask, dropout_p=0.5, policy=policy, **params)
     g = torch.randn_like(out)
     out.backward(g)
@@ -83,7 +87,7 @@ def test_dropout_with_a_mask_of_larger_batch_than_q(policy):
     q, k = torch.randn(1, 2, 5, 4, generator=g), torch.randn(1, 2, 5, 4, generator=g)
     mask = torch.ones(3, 1, 1, 5, dtype=torch.bool)
     mask[1, ..., 3:] = False
-    if policy in ("exact", "recompute", "topk"):
+    if policy_class(policy).exact or policy in EXACT_REBUILD:
         _check_broadcast_dropout(policy, q, k, torch.eye(5).expand(1, 2, 5, 5), mask)
     else:  # approximate backward: it runs and is finite
         ins = [t.clone().requires_grad_() for t in (q, k, torch.eye(5).expand(1, 2, 5, 5))]
@@ -201,7 +205,7 @@ def test_approx_softmax_double_backward_raises():
 
 
 # 9 --------------------------------------------------------------- -inf logits act as a mask
-@pytest.mark.parametrize("policy,params", [("paper", {"S": 2}), ("topk", {"keep_ratio": 0.25}), ("quant", {}), ("exact", {})])
+@pytest.mark.parametrize("policy,params", [(p, MINUS_INF_PARAMS.get(p, {})) for p in APPROX])
 def test_minus_inf_logits_act_exactly_like_a_mask(policy, params):
     gen = torch.Generator().manual_seed(9)
     x = torch.randn(4, 40, generator=gen, dtype=torch.float64) * 2

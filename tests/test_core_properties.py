@@ -17,7 +17,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from softmax_approx.core import attention
+from softmax_approx.core import POLICY_NAMES, attention, policy_class
 
 hypothesis_settings = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
@@ -27,18 +27,30 @@ FWD_TOL = {"fp64": 1e-12, "fp32": 1e-5, "bf16": 2e-2}
 GRAD_TOL = {"fp64": 1e-10, "fp32": 1e-4, "bf16": 5e-2}
 
 
+def _draw_paper(draw, lk):
+    S = draw(st.integers(1, 8))
+    return {"S": S}, 2 * S >= lk
+
+
+def _draw_topk(draw, lk):
+    r = draw(st.sampled_from([0.07, 0.125, 0.5, 1.0]))
+    return {"keep_ratio": r}, r == 1.0
+
+
+def _draw_quant(draw, lk):
+    return {"bits": draw(st.sampled_from([2, 4, 8]))}, False
+
+
+#: (parameters, whether the rebuild is exact for them) of the parameterised policies; every
+#: other registered policy runs at its defaults, exact as its class declares
+PARAM_DRAWS = {"paper": _draw_paper, "topk": _draw_topk, "quant": _draw_quant}
+
+
 def _policy(draw, lk):
-    name = draw(st.sampled_from(["eager", "exact", "recompute", "sdpa", "paper", "topk", "quant"]))
-    if name == "paper":
-        S = draw(st.integers(1, 8))
-        return name, {"S": S}, 2 * S >= lk
-    if name == "topk":
-        r = draw(st.sampled_from([0.07, 0.125, 0.5, 1.0]))
-        return name, {"keep_ratio": r}, r == 1.0
-    if name == "quant":
-        bits = draw(st.sampled_from([2, 4, 8]))
-        return name, {"bits": bits}, False
-    return name, {}, True
+    name = draw(st.sampled_from(POLICY_NAMES))
+    if name in PARAM_DRAWS:
+        return name, *PARAM_DRAWS[name](draw, lk)
+    return name, {}, policy_class(name).exact
 
 
 @st.composite
@@ -120,6 +132,7 @@ def test_approx_softmax_with_minus_inf_equals_the_masked_softmax(n, S, dtype, se
     mask = torch.rand(3, n, generator=g) > 0.3
     x = x.masked_fill(~mask, float("-inf")).to(DTYPES[dtype])
     want = torch.softmax(x.double(), -1).nan_to_num(0.0)
-    for policy, params in (("eager", {}), ("exact", {}), ("paper", {"S": S}), ("topk", {}), ("quant", {})):
+    for policy in (p for p in POLICY_NAMES if not policy_class(p).recomputes):
+        params = {"S": S} if policy == "paper" else {}
         out = approx_softmax(x, policy=policy, **params)
         assert _rel(out, want) <= FWD_TOL[dtype], policy

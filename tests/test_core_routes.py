@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.utils.checkpoint import checkpoint
 
-from softmax_approx.core import POLICY_NAMES, attention
+from softmax_approx.core import POLICY_NAMES, attention, policy_class
 
 PARAMS = {"paper": {"S": 2}, "topk": {"keep_ratio": 0.25}, "quant": {"bits": 8}}
 
@@ -67,7 +67,7 @@ def test_compiled_dropout_draws_the_eager_mask(policy):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("checkpointing", ["reentrant", "non_reentrant"])
-@pytest.mark.parametrize("policy", [p for p in POLICY_NAMES if p not in ("eager", "sdpa")])
+@pytest.mark.parametrize("policy", [p for p in POLICY_NAMES if not policy_class(p).native])
 def test_checkpointed_dropout_inside_a_compiled_function(policy, checkpointing):
     """torch.utils.checkpoint inside torch.compile(fullgraph=True): the fused policies'
     recomputation still drops what the plain forward dropped (PyTorch's own dropout does not
@@ -135,7 +135,7 @@ def test_nan_logits_give_nan_rows_under_every_policy(policy, where):
 # ------------------------------------------------------------------ one dropout on every path
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    policy=st.sampled_from([p for p in POLICY_NAMES if p not in ("eager", "sdpa")]),
+    policy=st.sampled_from([p for p in POLICY_NAMES if not policy_class(p).native]),
     lq=st.integers(0, 7), lk=st.integers(0, 7), heads=st.sampled_from([(2, 2), (4, 2), (2, 1)]),
     masked=st.booleans(), causal=st.booleans(), p=st.sampled_from([0.0, 0.2, 0.6]), seed=st.integers(0, 2**16),
 )

@@ -20,7 +20,7 @@ pytest.importorskip("transformers")
 import transformers  # noqa: E402
 from transformers import AutoModel  # noqa: E402
 
-from softmax_approx.core import ActivationMeter  # noqa: E402
+from softmax_approx.core import POLICY_NAMES, ActivationMeter  # noqa: E402
 from softmax_approx.integrations import transformers as sa_hf  # noqa: E402
 
 B, L, VOCAB = 2, 10, 99
@@ -116,7 +116,9 @@ def case_llama_gqa():
 
 CASES = {f.__name__[5:]: f for f in (case_bert, case_roberta, case_gpt2_right, case_gpt2_left, case_gpt2_no_padding,
                                       case_bart, case_t5, case_vit, case_llama_gqa)}
-APPROX = [("paper", {"S": 2}), ("topk", {"keep_ratio": 0.25}), ("quant", {"bits": 8}), ("recompute", {})]
+# every policy Transformers does not run itself, other than `exact` (compared with eager above)
+APPROX_PARAMS = {"paper": {"S": 2}, "topk": {"keep_ratio": 0.25}, "quant": {"bits": 8}}
+APPROX = [(p, APPROX_PARAMS.get(p, {})) for p in sa_hf.VARIANTS if p != "exact"]
 
 
 def _build(cfg, implementation="eager"):
@@ -276,10 +278,10 @@ def test_bench_hf_command_small_shape(tmp_path):
     js, md = tmp_path / "hf.json", tmp_path / "hf.md"
     assert main(["hf", "--model", "tiny", "--seq-len", "64", "--batch", "2", "--json", str(js), "--markdown", str(md)]) == 0
     recs = {r["implementation"]: r for r in json.loads(js.read_text())}
-    assert list(recs)[0] == "eager" and set(recs) == {"eager", "sdpa", "exact", "paper", "topk", "quant", "recompute"}
+    assert list(recs)[0] == "eager" and set(recs) == set(POLICY_NAMES)
     assert all(r["attention_layers"] == 2 for r in recs.values())
     assert recs["eager"]["softmax_state_bytes"] == 0 < recs["paper"]["softmax_state_bytes"]
-    for name in ("exact", "paper", "topk", "quant", "recompute"):
+    for name in sa_hf.VARIANTS:
         r = recs[name]
         assert 0 < r["attention_reduction_vs_eager"] < 1 and 0 < r["total_reduction_vs_eager"] < r["attention_reduction_vs_eager"]
         # only the attention modules' bytes change

@@ -46,17 +46,34 @@ import sys
 
 import torch
 
-from ..core import ActivationMeter, attention, make_policy
+from ..core import POLICIES, ActivationMeter, attention, make_policy
 from ..utils.errors import one_line
 from ._common import add_output_args, median_seconds, sync, write_outputs
 
-DEFAULT_POLICIES = ("eager", "exact", "paper:S=5", "topk:keep_ratio=0.125", "quant:bits=8", "quant:bits=4", "recompute", "sdpa")
+#: The rows every ratio is taken against: ``*_vs_eager``, ``*_vs_exact``, ``time_ratio_vs_sdpa``.
+BASELINE, REFERENCE, FUSED_REFERENCE = "eager", "exact", "sdpa"
+
+
+def policy_spec(name: str, setting: dict) -> str:
+    """``--policy`` spelling of policy `name` with `setting` over its defaults, every parameter
+    spelled out (``paper:S=5``), so that its records carry the values."""
+    params = {**make_policy(name).params, **setting}
+    return name + (":" + ",".join(f"{k}={json.dumps(v)}" for k, v in params.items()) if params else "")
+
+
+def default_policies() -> tuple[str, ...]:
+    """Every registered policy at each of its ``bench_settings``."""
+    return tuple(policy_spec(name, setting) for name, cls in POLICIES.items() for setting in cls.bench_settings)
+
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 LOGIT_SIGMA = {"random": 1.0, "peaked": 2.0}
 
 
 def parse_policy(spec: str) -> tuple[str, dict]:
-    """'topk:keep_ratio=0.25' -> ('topk', {'keep_ratio': 0.25}); validated by make_policy."""
+    """'topk:keep_ratio=0.25' -> ('topk', {'keep_ratio': 0.25}); validated by make_policy. A
+    policy class outside the package is named by its import path (``my_module.HalfKeep:keep=0.5``)
+    and recorded under its ``name``."""
     name, _, rest = spec.partition(":")
     params = {}
     for item in filter(None, rest.split(",")):
@@ -64,8 +81,7 @@ def parse_policy(spec: str) -> tuple[str, dict]:
         if not eq:
             raise ValueError(f"--policy {spec!r}: expected NAME:key=value[,key=value]")
         params[key] = json.loads(value)
-    make_policy(name, **params)
-    return name, params
+    return make_policy(name, **params).name, params
 
 
 def make_qkv(batch, heads, n, head_dim, logits, dtype, device, seed):
@@ -123,7 +139,7 @@ def time_fwd_bwd(q, k, v, dropout_p, name, params, repeats, amp=None) -> tuple[f
     def step_of(policy, kw):
         fn = lambda *t: attention(*t, dropout_p=dropout_p, policy=policy, **kw)  # noqa: E731
         return fwd_bwd_step(fn, q, k, v, amp)
-    return _interleaved(step_of(name, params), step_of("eager", {}), repeats, q.device)
+    return _interleaved(step_of(name, params), step_of(BASELINE, {}), repeats, q.device)
 
 
 def _infer_step(q, k, v, dropout_p, name, params, amp=None):
@@ -139,7 +155,7 @@ def _infer_step(q, k, v, dropout_p, name, params, amp=None):
 def time_infer(q, k, v, dropout_p, name, params, repeats, amp=None) -> tuple[float, float]:
     """(median gradient-free forward seconds, the same over eager's), timed interleaved with eager."""
     return _interleaved(_infer_step(q, k, v, dropout_p, name, params, amp),
-                        _infer_step(q, k, v, dropout_p, "eager", {}, amp), repeats, q.device)
+                        _infer_step(q, k, v, dropout_p, BASELINE, {}, amp), repeats, q.device)
 
 
 def peak_bytes(q, k, v, dropout_p, name, params, amp=None) -> int | None:
@@ -191,7 +207,7 @@ def time_compiled(q, k, v, dropout_p, name, params, repeats, amp=None, backend: 
 def grad_fidelity(q, k, v, name, params, amp=None):
     grad = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(q)
     ref = [t.detach().double().requires_grad_() for t in (q, k, v)]
-    want = torch.autograd.grad(attention(*ref, policy="exact"), ref, grad.double())
+    want = torch.autograd.grad(attention(*ref, policy=REFERENCE), ref, grad.double())
     ins = _leaves(q, k, v)
     with autocast(q.device, amp):
         out = attention(*ins, policy=name, **params)
@@ -235,11 +251,11 @@ def _base(records: list[dict], rec: dict, policy: str) -> dict | None:
 def run(args) -> list[dict]:
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
-    policies = [parse_policy(p) for p in (args.policy or DEFAULT_POLICIES)]
-    if not any(name == "eager" and not params for name, params in policies):
-        policies.insert(0, ("eager", {}))
-    if not any(name == "exact" and not params for name, params in policies):
-        policies.insert(1, ("exact", {}))
+    policies = [parse_policy(p) for p in (args.policy or default_policies())]
+    if not any(name == BASELINE and not params for name, params in policies):
+        policies.insert(0, (BASELINE, {}))
+    if not any(name == REFERENCE and not params for name, params in policies):
+        policies.insert(1, (REFERENCE, {}))
     records, compiled_cache = [], {}
     for logits in args.logits:
         for n in args.seq_len:
@@ -253,17 +269,17 @@ def run(args) -> list[dict]:
                     **measure(q, k, v, name, params, args, compiled_cache),
                 }
                 rec["state_bytes_per_score"] = rec["state_bytes"] / scores
-                eager = _base(records, rec, "eager") or rec              # eager is measured first
+                eager = _base(records, rec, BASELINE) or rec             # eager is measured first
                 rec["reduction_vs_eager"] = 1 - rec["state_bytes"] / eager["state_bytes"]
                 rec["module_reduction_vs_eager"] = 1 - rec["attention_saved_bytes"] / eager["attention_saved_bytes"]
-                if name == "eager":  # by definition (its interleaved ratios are noise around 1)
+                if name == BASELINE:  # by definition (its interleaved ratios are noise around 1)
                     rec["time_ratio_vs_eager"] = rec["infer_time_ratio_vs_eager"] = 1.0
-                exact = _base(records, rec, "exact") or (rec if name == "exact" and not params else None)
+                exact = _base(records, rec, REFERENCE) or (rec if name == REFERENCE and not params else None)
                 rec["reduction_vs_exact"] = None if exact is None else 1 - rec["state_bytes"] / exact["state_bytes"]
                 records.append(rec)
                 print(format_row(rec), flush=True)
     for rec in records:                       # exact and sdpa may come after a policy: fill in
-        exact, sdpa = _base(records, rec, "exact"), _base(records, rec, "sdpa")
+        exact, sdpa = _base(records, rec, REFERENCE), _base(records, rec, FUSED_REFERENCE)
         rec["reduction_vs_exact"] = 1 - rec["state_bytes"] / exact["state_bytes"]
         rec["time_ratio_vs_sdpa"] = None if sdpa is None else rec["seconds_fwd_bwd"] / sdpa["seconds_fwd_bwd"]
     return records
@@ -324,9 +340,12 @@ def compile_errors(records: list[dict]) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    kept = "\n".join(f"  {name:10} keeps {cls.keeps}" for name, cls in POLICIES.items())
     p = argparse.ArgumentParser(prog="python -m softmax_approx.bench", description=__doc__,
+                                epilog=f"policies (--policy NAME, or a class of your own as module.Class):\n{kept}",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--policy", action="append", help="NAME[:key=value,...], repeatable (default: all policies)")
+    p.add_argument("--policy", action="append", help="NAME[:key=value,...], repeatable (default: every "
+                   "registered policy at its bench_settings)")
     p.add_argument("--seq-len", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--heads", type=int, default=4)

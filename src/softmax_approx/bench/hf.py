@@ -44,11 +44,11 @@ import time
 import torch
 from torch import nn
 
-from ..core import ActivationMeter
+from ..core import POLICIES, ActivationMeter
 from ..core.memory import storage_key, storage_nbytes
 from ._common import add_output_args, median_seconds, sync, write_outputs
 from ._peak import peak_bytes, return_freed_memory
-from .attention import parse_policy
+from .attention import parse_policy, policy_spec
 
 #: name -> (Transformers model_type, config keys)
 PRESETS = {
@@ -61,7 +61,8 @@ PRESETS = {
     "tiny": ("bert", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                           intermediate_size=64, vocab_size=1000, max_position_embeddings=512)),
 }
-DEFAULT_IMPLEMENTATIONS = ("eager", "sdpa", "exact", "paper:S=5", "topk:keep_ratio=0.125", "quant:bits=8", "recompute")
+#: Transformers' own implementations first, then every other registered policy at its defaults.
+DEFAULT_IMPLEMENTATIONS = tuple(policy_spec(n, {}) for n in sorted(POLICIES, key=lambda n: not POLICIES[n].native))
 
 
 def build_model(preset: str, seed: int, dropout: bool = True):
@@ -328,7 +329,8 @@ def run(args) -> list[dict]:
 def _label(r: dict) -> str:
     if r["implementation"] in CONFIGURATIONS:
         return CONFIGURATIONS[r["implementation"]][0]
-    own = " (Transformers)" if r["implementation"] in ("eager", "sdpa") else ""
+    cls = POLICIES.get(r["implementation"])
+    own = " (Transformers)" if cls is not None and cls.native else ""
     params = ",".join(f"{k}={v}" for k, v in r["params"].items())
     return r["implementation"] + (f"({params})" if params else "") + own
 

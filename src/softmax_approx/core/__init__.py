@@ -7,19 +7,20 @@ Plain PyTorch; importing it pulls in neither Lightning nor Hydra.
 """
 
 from .functional import attention, masked_softmax, valid_mask
-from .memory import ActivationMeter, CudaPeak, MemoryReport
-from .policies import POLICIES, POLICY_NAMES, Policy, index_dtype, make_policy
+from .memory import ActivationMeter, MemoryReport
+from .policies import POLICIES, POLICY_NAMES, Policy, index_dtype, make_policy, policy_class, register_policy
 from .softmax import approx_softmax
 
 __all__ = [
     "attention",
     "approx_softmax",
     "make_policy",
+    "register_policy",
+    "policy_class",
     "Policy",
     "POLICIES",
     "POLICY_NAMES",
     "ActivationMeter",
-    "CudaPeak",
     "MemoryReport",
     "masked_softmax",
     "valid_mask",

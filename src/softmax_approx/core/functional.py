@@ -1,13 +1,15 @@
 """`attention(q, k, v, ..., policy=...)`: one call, the storage policy hidden behind it.
 
-Forward is exact for every policy. What differs is what is kept for backward:
+Forward is exact for every policy. What differs is what is kept for backward, as the policy's
+class attributes declare (:class:`softmax_approx.core.policies.Policy`):
 
-* ``eager``     PyTorch's unfused ops; each keeps its own input (probabilities, dropout mask,
-                dropped probabilities).
-* ``sdpa``      ``torch.nn.functional.scaled_dot_product_attention`` (PyTorch's fused kernels).
+* ``native``    PyTorch runs it (``policy.run_native``): ``eager``, PyTorch's unfused ops, each
+                keeping its own input (probabilities, dropout mask, dropped probabilities), and
+                ``sdpa``, ``torch.nn.functional.scaled_dot_product_attention``.
 * all others    one fused autograd function (:class:`_FusedAttention`) that keeps only q, k, v,
                 the mask as given, the policy's state and a dropout seed. Its backward rebuilds the
-                probabilities (``policy.restore``), regenerates the dropout mask from the seed,
+                probabilities (``policy.restore``; ``recomputes`` policies recompute them from q
+                and k and a per-row log-sum-exp), regenerates the dropout mask from the seed,
                 and uses the rebuilt probabilities for dV as well as for the softmax gradient.
                 Backward memory is O(n^2) per head: no per-row n x n Jacobian.
 
@@ -20,7 +22,7 @@ no key at all (Lk = 0). q, k, v must be floating point.
 Dropout is one function of one seed on every path: the fused policies draw the seed from the
 global CPU RNG whether or not gradients are needed, so the no-grad first pass of a reentrant
 activation checkpoint and its recomputation (torch restores the RNG state in between) drop the
-same entries. ``eager`` and ``sdpa`` use PyTorch's own dropout (global RNG, also restored).
+same entries. The native policies use PyTorch's own dropout (global RNG, also restored).
 
 Non-finite logits: -inf acts as a mask. A row with NaN or +inf logits gives a NaN output row
 under every policy (as ``torch.softmax`` does); other rows are unaffected. Training loops are
@@ -28,7 +30,7 @@ expected to stop on a non-finite loss.
 
 Gradients are first order: the fused functions' backward raises when it runs with grad mode on
 (``create_graph=True``, ``gradgradcheck``), rather than return a gradient without a graph;
-``eager`` supports double backward.
+``eager`` (PyTorch's own ops) supports double backward.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from torch.autograd.function import once_differentiable
 
 from . import dropout as _dropout
 from .memory import attention_scope
-from .policies import POLICIES, Policy, make_policy, work_dtype
+from .policies import Policy, Recompute, make_policy, work_dtype
 
 
 def valid_mask(
@@ -161,23 +163,25 @@ def attention(
     p = float(dropout_p) if training else 0.0
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if q.shape[-2] == 0 or k.shape[-2] == 0:  # no query or no key: zero rows, zero gradients
-        return _eager(q, k, v, mask, bias, causal, 0.0, scale)
+        return eager_attention(q, k, v, mask, bias, causal, 0.0, scale)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, bias))
-    fused = pol.name not in ("eager", "sdpa") and needs_grad
-    # One seed per call for every non-PyTorch policy, gradients or not, drawn the same way on
+    fused = not pol.native and needs_grad
+    # One seed per call for every non-native policy, gradients or not, drawn the same way on
     # every path (see the module docstring). 16 bytes, an input of the fused function like q.
-    seed = _dropout.draw_seed(q.device) if pol.name not in ("eager", "sdpa") and p > 0 else None
+    seed = _dropout.draw_seed(q.device) if not pol.native and p > 0 else None
     with attention_scope(q, k, v, mask, bias, seed):
-        if pol.name == "eager":
-            return _eager(q, k, v, mask, bias, causal, p, scale)
-        if pol.name == "sdpa":
-            return _sdpa(q, k, v, mask, bias, causal, p, scale)
+        if pol.native:
+            return pol.run_native(q, k, v, mask, bias, causal, p, scale)
         if not fused and not training:  # inference: PyTorch's softmax, nothing kept
             return _inference(q, k, v, mask, bias, causal, scale)
         if not fused:  # training without gradients (a checkpoint's first pass): nothing kept
             return _plain(q, k, v, mask, bias, causal, p, scale, seed)
-        name, param = (pol.name, pol.param) if training else ("recompute", None)
-        return _FusedAttention.apply(q, k, v, mask, bias, seed, causal, p, scale, name, param)
+        return _FusedAttention.apply(q, k, v, mask, bias, seed, causal, p, scale, pol if training else _EVAL_POLICY)
+
+
+#: What the fused function keeps when gradients are needed outside training (nothing to save
+#: memory for in a gradient-carrying evaluation; exact and small).
+_EVAL_POLICY = Recompute()
 
 
 def _scores(q, k, bias, scale):
@@ -220,7 +224,7 @@ def _plain(q, k, v, mask, bias, causal, p, scale, seed):
     return probs @ _repeat_kv(v, heads)
 
 
-def _eager(q, k, v, mask, bias, causal, p, scale):
+def eager_attention(q, k, v, mask, bias, causal, p, scale):
     """The unfused composition users write today (and what PyTorch keeps for it)."""
     heads = q.shape[-3] if q.dim() >= 3 else 1
     scores = _scores(q, k, bias, scale)
@@ -236,7 +240,7 @@ def _eager(q, k, v, mask, bias, causal, p, scale):
     return out
 
 
-def _sdpa(q, k, v, mask, bias, causal, p, scale):
+def sdpa_attention(q, k, v, mask, bias, causal, p, scale):
     """PyTorch's fused kernel; empty rows are opened up for the kernel, then zeroed."""
     gqa = q.dim() >= 3 and k.shape[-3] != q.shape[-3] and k.shape[-3] != 1
     if gqa:  # the kernel's own GQA needs equal k/v head counts; repeat otherwise
@@ -293,28 +297,29 @@ def _score_shape(q, k, mask, bias) -> torch.Size:
 
 class _FusedAttention(torch.autograd.Function):
     """Fused attention whose backward needs only q, k, v, mask, bias, the policy state and a
-    seed. Gets the policy as (name, parameter) so that torch.compile sees plain values."""
+    seed. What it keeps and how it rebuilds is the policy's (its class attributes, compress,
+    restore)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, mask, bias, seed, causal, p, scale, name, param):
+    def forward(ctx, q, k, v, mask, bias, seed, causal, p, scale, policy):
         lq, lk = q.shape[-2], k.shape[-2]
         heads = q.shape[-3] if q.dim() >= 3 else 1
         shape = _score_shape(q, k, mask, bias)
         valid = valid_mask(mask, causal, lq, lk, q.device)
-        if name in ("paper", "topk"):  # they count valid entries: -inf bias entries are masked
+        if policy.compress_needs_valid:  # it counts valid entries: -inf bias entries are masked
             valid = _valid_with_bias(valid, bias)
         probs_w, lse = masked_softmax(_fused_scores(q, k, bias, scale).expand(shape), valid)
         probs = probs_w.to(q.dtype)
         del probs_w
-        if name == "recompute":
+        if policy.recomputes:
             state = (lse,)
         else:
-            state = tuple(POLICIES[name].compress_with(probs, None if valid is None else valid.expand(shape), param))
-        if p > 0:  # in place unless the state is the probabilities themselves (`exact`)
-            probs = _dropout.apply_dropout(probs, seed, p, inplace=name != "exact")
+            state = tuple(policy.compress(probs, None if valid is None else valid.expand(shape)))
+        if p > 0:  # in place unless the state may be the probabilities themselves
+            probs = _dropout.apply_dropout(probs, seed, p, inplace=not policy.state_aliases_probs)
         out = probs @ _repeat_kv(v, heads)
         ctx.save_for_backward(q, k, v, mask, bias, seed, *state)
-        ctx.causal, ctx.p, ctx.scale, ctx.name, ctx.param, ctx.shape = causal, p, scale, name, param, shape
+        ctx.causal, ctx.p, ctx.scale, ctx.policy, ctx.shape = causal, p, scale, policy, shape
         return out
 
     @staticmethod
@@ -325,17 +330,17 @@ class _FusedAttention(torch.autograd.Function):
         shape, heads = ctx.shape, (q.shape[-3] if q.dim() >= 3 else 1)
         wd = work_dtype(q.dtype)
         valid = valid_mask(mask, ctx.causal, q.shape[-2], k.shape[-2], q.device)
-        if ctx.name == "recompute":
+        if ctx.policy.recomputes:
             scores = _fused_scores(q, k, bias, ctx.scale).to(wd)
             if valid is not None:
                 scores = scores.masked_fill(~valid, float("-inf"))
             probs = scores.expand(shape).sub(state[0]).exp_()        # empty rows: lse = +inf -> 0
             del scores
         else:
-            if ctx.name == "topk":
+            if ctx.policy.restore_needs_valid:
                 valid = _valid_with_bias(valid, bias)
             full = torch.ones((), dtype=torch.bool, device=q.device) if valid is None else valid
-            probs = POLICIES[ctx.name].restore_with(tuple(state), full.expand(shape), ctx.param).to(wd)
+            probs = ctx.policy.restore(tuple(state), full.expand(shape)).to(wd)
         grad_out = grad_out.to(q.dtype)
         v_rep = _repeat_kv(v, heads)
         if ctx.p > 0:  # the forward's mask, regenerated from its seed, scaled once: D / (1 - p)
@@ -362,4 +367,4 @@ class _FusedAttention(torch.autograd.Function):
         grad_scores = (grad_scores if late != 1.0 else grad_scores.mul_(ctx.scale)).to(q.dtype)
         grad_q = (grad_scores @ _repeat_kv(k, heads)).sum_to_size(q.shape).mul_(late) if ctx.needs_input_grad[0] else None
         grad_k = _reduce_to((grad_scores.transpose(-2, -1) @ q).mul_(late), k, heads) if ctx.needs_input_grad[1] else None
-        return grad_q, grad_k, grad_v, None, grad_bias, None, None, None, None, None, None
+        return grad_q, grad_k, grad_v, None, grad_bias, None, None, None, None, None

@@ -17,8 +17,8 @@ What is counted is what autograd holds: a storage's full size (``untyped_storage
 on any device. Dropout masks are float on CPU (4 bytes per element; PyTorch's CPU dropout is
 composite) and bool on CUDA (1 byte). Not seen: tensors hidden by activation checkpointing,
 tensors a custom Function stores as plain ``ctx`` attributes instead of ``save_for_backward``,
-and workspace memory that is freed before backward (use :class:`CudaPeak` for peak memory on
-CUDA). Storages saved both inside and outside attention count in both attention and total
+and workspace memory that is freed before backward (the training measurement, harness/measure.py,
+and the attention benchmark report the CUDA peak). Storages saved both inside and outside attention count in both attention and total
 figures; ``other_bytes = total_bytes - attention_bytes``.
 """
 
@@ -102,15 +102,6 @@ class MemoryReport:
     def other_bytes(self) -> int:
         return self.total_bytes - self.attention_bytes
 
-    def as_dict(self) -> dict:
-        return {
-            "total_activation_bytes": self.total_bytes,
-            "attention_bytes": self.attention_bytes,
-            "softmax_state_bytes": self.softmax_state_bytes,
-            "other_bytes": self.other_bytes,
-            "n_saved_storages": self.n_tensors,
-        }
-
 
 class ActivationMeter:
     """Context manager measuring the bytes saved for backward during its body.
@@ -187,29 +178,3 @@ class ActivationMeter:
             n_tensors=len(self._records),
             records=dict(self._records),
         )
-
-
-class CudaPeak:
-    """Peak CUDA memory allocated during the body, minus what was allocated before it.
-
-    ``peak_bytes`` is None on machines without CUDA (CPU runs report no peak).
-    """
-
-    def __init__(self, device: torch.device | str | None = None):
-        self.device = torch.device(device) if device is not None else None
-        self.peak_bytes: int | None = None
-
-    def _active(self) -> bool:
-        return torch.cuda.is_available() and (self.device is None or self.device.type == "cuda")
-
-    def __enter__(self) -> "CudaPeak":
-        if self._active():
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._base = torch.cuda.memory_allocated(self.device)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._active():
-            torch.cuda.synchronize(self.device)
-            self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device) - self._base)

@@ -7,18 +7,27 @@ for backward) and turns that state back into dense probabilities for the backwar
     probs_hat = policy.restore(state, valid)    # backward, dense (..., n), valid: bool tensor
 
 `valid` is the bool mask (True = may attend) broadcast to `probs`'s shape (compress may get
-None when every entry is valid; restore always gets a tensor, possibly an expanded view). Masked entries of `probs` are exactly zero. Policies whose state is not
-derived from the probabilities (`eager`, `recompute`, `sdpa`) are handled by
-:mod:`softmax_approx.core.functional` directly; they still validate parameters here so that a
-bad name or parameter fails the same way everywhere.
+None when every entry is valid; restore always gets a tensor, possibly an expanded view).
+Masked entries of `probs` are exactly zero.
 
-Adding a policy: one class here (validated parameters, `compress`, `restore`), its name in
-``POLICIES``, one yaml file in ``conf/attention/``, and its tests.
+A policy is one class: a dataclass whose fields are its parameters (with their defaults) and
+whose class attributes declare its behaviour (:class:`Policy` lists them). The fused function,
+``approx_softmax``, the integrations and the benchmarks read those attributes and the registry;
+nothing decides behaviour by a policy's name. Adding one (inside or outside this package)::
+
+    @register_policy
+    class HalfKeep(Policy):
+        name = "halfkeep"
+        keeps = "the larger half of each row, values and indices"
+        ...                      # fields, compress, restore
+
+plus, for the harness, one yaml file in a ``conf/attention/`` directory (docs/method.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -55,20 +64,41 @@ def count_valid(valid: torch.Tensor | None, probs: torch.Tensor) -> torch.Tensor
 
 
 class Policy:
-    """Base class. Subclasses are dataclasses whose fields are the policy's parameters."""
+    """Base class. Subclasses are dataclasses (:func:`register_policy` makes them one) whose
+    fields are the policy's parameters; the class attributes below say how it runs."""
 
+    #: The registry key: ``attention(policy=name)``, ``attention=<name>`` yaml, results.json.
     name: ClassVar[str]
-    #: True when the state is derived from the probabilities (compress/restore apply).
-    compresses: ClassVar[bool] = True
+    #: What the state holds, in words (the benchmark's ``--help`` lists it).
+    keeps: ClassVar[str] = ""
     #: True when the backward rebuilds the probabilities exactly.
     exact: ClassVar[bool] = False
-    #: The parameters' names, filled in once below (torch.compile cannot trace dataclasses.fields).
+    #: True when PyTorch runs the policy itself (:meth:`run_native`): no fused function, no
+    #: compress/restore; the Transformers integration selects Transformers' implementation of
+    #: the same name.
+    native: ClassVar[bool] = False
+    #: True when the backward recomputes the probabilities from q and k (keeping the per-row
+    #: log-sum-exp) instead of restoring a state; ``approx_softmax`` has no q, k for it.
+    recomputes: ClassVar[bool] = False
+    #: True when compress counts a row's valid entries, so -inf bias entries must be marked
+    #: invalid in the mask it gets.
+    compress_needs_valid: ClassVar[bool] = False
+    #: True when restore reads the valid mask (otherwise the fused functions keep no mask).
+    restore_needs_valid: ClassVar[bool] = False
+    #: True when the state may be the probabilities themselves, so dropout must not run in place.
+    state_aliases_probs: ClassVar[bool] = False
+    #: Parameter settings the attention benchmark runs by default, each over the defaults.
+    bench_settings: ClassVar[tuple[dict, ...]] = ({},)
+    #: The parameters' names, filled in by :func:`register_policy` (torch.compile cannot trace
+    #: dataclasses.fields).
     field_names: ClassVar[tuple[str, ...]] = ()
 
     def validate(self) -> None:  # pragma: no cover - trivial default
         """Raise ValueError naming the parameter and the allowed values."""
 
     def __post_init__(self) -> None:
+        if "field_names" not in type(self).__dict__:  # an unregistered class passed as an instance
+            type(self).field_names = tuple(f.name for f in dataclasses.fields(self))
         self.validate()
 
     @property
@@ -77,8 +107,8 @@ class Policy:
 
     @property
     def param(self) -> int | float | None:
-        """The policy's one parameter value (None when it has none): what the fused autograd
-        function gets instead of the policy object, so that torch.compile sees plain values."""
+        """The policy's first parameter value (None when it has none): what the built-in
+        policies' static ``compress_with``/``restore_with`` get."""
         return getattr(self, self.field_names[0]) if self.field_names else None
 
     @staticmethod
@@ -90,16 +120,69 @@ class Policy:
         raise NotImplementedError
 
     def compress(self, probs: torch.Tensor, valid: torch.Tensor | None) -> StateT:
+        """The state kept for backward (a tuple of tensors); override this or ``compress_with``."""
         return self.compress_with(probs, valid, self.param)
 
     def restore(self, state: StateT, valid: torch.Tensor) -> torch.Tensor:
+        """Dense probabilities rebuilt from the state; override this or ``restore_with``."""
         return self.restore_with(state, valid, self.param)
+
+    def run_native(self, q, k, v, mask, bias, causal, p, scale) -> torch.Tensor:
+        """Attention as PyTorch runs it (``native`` policies only)."""
+        raise NotImplementedError(f"policy {self.name!r} is not native")
 
     def __str__(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in self.params.items())
         return f"{self.name}({args})"
 
 
+#: The registry: policy name -> class. Filled by :func:`register_policy`.
+POLICIES: dict[str, type[Policy]] = {}
+
+
+def register_policy(cls: type[Policy]) -> type[Policy]:
+    """Register a Policy subclass under its ``name`` (a class decorator; makes the class a
+    dataclass when it is not one yet). Registering the same class again is a no-op; another
+    class under a taken name raises ValueError."""
+    if not (isinstance(cls, type) and issubclass(cls, Policy)):
+        raise TypeError(f"register_policy: expected a Policy subclass, got {cls!r}")
+    name = cls.__dict__.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"register_policy: {cls.__qualname__} must set a class attribute name = '<policy name>'")
+    if "__dataclass_fields__" not in cls.__dict__:
+        cls = dataclass(cls)
+    taken = POLICIES.get(name)
+    if taken is not None and f"{taken.__module__}.{taken.__qualname__}" != f"{cls.__module__}.{cls.__qualname__}":
+        raise ValueError(f"register_policy: name {name!r} is taken by {taken.__module__}.{taken.__qualname__}")
+    cls.field_names = tuple(f.name for f in dataclasses.fields(cls))
+    POLICIES[name] = cls
+    return cls
+
+
+def policy_class(name: str) -> type[Policy]:
+    """The registered class of policy ``name``, or of a class given by its import path
+    (``my_module.HalfKeep``: imported and registered); ValueError listing the registered names."""
+    if isinstance(name, str) and name not in POLICIES and "." in name:
+        return register_policy(_import_class(name))
+    try:
+        return POLICIES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)} "
+                         "(or register your own with softmax_approx.core.register_policy)") from None
+
+
+def _import_class(path: str) -> type:
+    module_name, _, attr = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"policy class {path!r} cannot be imported ({e}); is its module on the Python path?") from None
+    if not (isinstance(cls, type) and issubclass(cls, Policy)):
+        raise ValueError(f"{path!r} is not a softmax_approx.core.Policy subclass")
+    return cls
+
+
+@register_policy
 @dataclass
 class Eager(Policy):
     """PyTorch's unfused composition: softmax -> dropout -> @V, each op saving its own input.
@@ -109,16 +192,25 @@ class Eager(Policy):
     """
 
     name: ClassVar[str] = "eager"
-    compresses: ClassVar[bool] = False
+    keeps: ClassVar[str] = "what PyTorch's ops keep: probabilities, dropout mask, dropped probabilities"
     exact: ClassVar[bool] = True
+    native: ClassVar[bool] = True
+
+    def run_native(self, q, k, v, mask, bias, causal, p, scale):
+        from .functional import eager_attention
+
+        return eager_attention(q, k, v, mask, bias, causal, p, scale)
 
 
+@register_policy
 @dataclass
 class Exact(Policy):
     """The fused function keeping the full probabilities (4 bytes per score in fp32)."""
 
     name: ClassVar[str] = "exact"
+    keeps: ClassVar[str] = "the probabilities"
     exact: ClassVar[bool] = True
+    state_aliases_probs: ClassVar[bool] = True
 
     @staticmethod
     def compress_with(probs, valid, param):
@@ -129,29 +221,12 @@ class Exact(Policy):
         return state[0]
 
 
-@dataclass
-class Recompute(Policy):
-    """Exact, FlashAttention-style: keep the per-row log-sum-exp, recompute probabilities."""
-
-    name: ClassVar[str] = "recompute"
-    compresses: ClassVar[bool] = False
-    exact: ClassVar[bool] = True
-
-
-@dataclass
-class Sdpa(Policy):
-    """`torch.nn.functional.scaled_dot_product_attention`: the fused-kernel reference."""
-
-    name: ClassVar[str] = "sdpa"
-    compresses: ClassVar[bool] = False
-    exact: ClassVar[bool] = True
-
-
 #: Largest decay rate kept: exp(-r) underflows long before, and a finite bound keeps
 #: exp(-r * 0) = 1 (an infinite rate would make it NaN when the top value rounds to 1).
 MAX_RATE = 1e4
 
 
+@register_policy
 @dataclass
 class Paper(Policy):
     """Lee & Lee (NeurIPS 2023): ranks (as the sort permutation) + S largest + S smallest values + one decay rate per row.
@@ -167,6 +242,8 @@ class Paper(Policy):
 
     S: int = 5
     name: ClassVar[str] = "paper"
+    keeps: ClassVar[str] = "ranks, the S largest and S smallest values and one decay rate per row"
+    compress_needs_valid: ClassVar[bool] = True
 
     def validate(self):
         if isinstance(self.S, bool) or not isinstance(self.S, int) or self.S < 1:
@@ -235,6 +312,7 @@ def kept_count(L, keep_ratio: float):
     return max(0, math.ceil(L * keep_ratio - 1e-9))
 
 
+@register_policy
 @dataclass
 class TopK(Policy):
     """Keep the k = ceil(keep_ratio * L) largest probabilities and their indices; refill the
@@ -243,6 +321,9 @@ class TopK(Policy):
 
     keep_ratio: float = 0.125
     name: ClassVar[str] = "topk"
+    keeps: ClassVar[str] = "the ceil(keep_ratio * L) largest values per row and their indices"
+    compress_needs_valid: ClassVar[bool] = True
+    restore_needs_valid: ClassVar[bool] = True
 
     def validate(self):
         r = self.keep_ratio
@@ -277,6 +358,7 @@ class TopK(Policy):
         return out.scatter(-1, idx, torch.where(kept, values, out.gather(-1, idx)))
 
 
+@register_policy
 @dataclass
 class Quant(Policy):
     """Per-row `bits`-bit linear quantization of the probabilities (activation-compression
@@ -285,6 +367,8 @@ class Quant(Policy):
 
     bits: int = 8
     name: ClassVar[str] = "quant"
+    keeps: ClassVar[str] = "bits-bit codes of the probabilities and one scale per row"
+    bench_settings: ClassVar[tuple[dict, ...]] = ({}, {"bits": 4})
 
     def validate(self):
         if type(self.bits) is not int or self.bits not in (2, 4, 8):
@@ -320,12 +404,37 @@ class Quant(Policy):
         return codes.to(scale.dtype) * (scale / levels)
 
 
-POLICIES: dict[str, type[Policy]] = {
-    cls.name: cls for cls in (Eager, Exact, Paper, TopK, Quant, Recompute, Sdpa)
-}
+@register_policy
+@dataclass
+class Recompute(Policy):
+    """Exact, FlashAttention-style: keep the per-row log-sum-exp, recompute probabilities."""
+
+    name: ClassVar[str] = "recompute"
+    keeps: ClassVar[str] = "one log-sum-exp per row"
+    exact: ClassVar[bool] = True
+    recomputes: ClassVar[bool] = True
+
+
+@register_policy
+@dataclass
+class Sdpa(Policy):
+    """`torch.nn.functional.scaled_dot_product_attention`: the fused-kernel reference."""
+
+    name: ClassVar[str] = "sdpa"
+    keeps: ClassVar[str] = "what PyTorch's fused kernel keeps"
+    exact: ClassVar[bool] = True
+    native: ClassVar[bool] = True
+    recomputes: ClassVar[bool] = True
+
+    def run_native(self, q, k, v, mask, bias, causal, p, scale):
+        from .functional import sdpa_attention
+
+        return sdpa_attention(q, k, v, mask, bias, causal, p, scale)
+
+
+#: The built-in policies' names, in registration order (``POLICIES`` also holds those
+#: registered later, e.g. from a user's module).
 POLICY_NAMES: tuple[str, ...] = tuple(POLICIES)
-for _cls in POLICIES.values():
-    _cls.field_names = tuple(f.name for f in dataclasses.fields(_cls))
 
 
 def make_policy(policy: str | Policy, **params) -> Policy:
@@ -337,9 +446,7 @@ def make_policy(policy: str | Policy, **params) -> Policy:
         if params:
             raise ValueError(f"policy {policy.name!r} is already built; do not pass parameters {sorted(params)}")
         return policy
-    if policy not in POLICIES:
-        raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICY_NAMES)}")
-    cls = POLICIES[policy]
+    cls = policy_class(policy)
     allowed = set(cls.field_names)
     unknown = set(params) - allowed
     if unknown:

@@ -5,7 +5,8 @@ Only the softmax's own saved tensor shrinks; ops after it (dropout, the product 
 keep what they keep. For real savings in attention use :func:`softmax_approx.core.attention`.
 
 One behaviour for every policy: entries masked out (``mask`` False) or equal to -inf are
-masked (probability 0, gradient 0, and not counted as the row's entries by ``paper``/``topk``);
+masked (probability 0, gradient 0, and not counted as the row's entries by the policies that
+count them);
 a row with no valid entry gives zeros and a zero gradient.
 """
 
@@ -15,7 +16,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .functional import first_order_only, masked_softmax
-from .policies import POLICIES, Policy, make_policy, work_dtype
+from .policies import Policy, make_policy, work_dtype
 
 
 def approx_softmax(
@@ -26,32 +27,33 @@ def approx_softmax(
     **params,
 ) -> torch.Tensor:
     """Exact softmax of `x` along `dim` (masked and -inf entries 0, empty rows 0); backward uses
-    the probabilities rebuilt by `policy` (``eager``, ``exact``, ``paper``, ``topk``, ``quant``)."""
+    the probabilities rebuilt by `policy`: any policy that does not recompute from q and k
+    (``eager``: PyTorch's own softmax)."""
     pol = make_policy(policy, **params)
     if mask is not None and mask.dtype != torch.bool:
         raise TypeError(f"approx_softmax: mask must be a bool tensor (True = valid), got {mask.dtype}")
-    if pol.name in ("recompute", "sdpa"):
+    if pol.recomputes:
         raise ValueError(
             f"approx_softmax: policy {pol.name!r} needs q and k; use softmax_approx.core.attention instead"
         )
     finite = x != float("-inf")
     valid = finite if mask is None else torch.broadcast_to(mask, x.shape) & finite
-    if pol.name == "eager":
+    if pol.native:
         probs = torch.softmax(x.masked_fill(~valid, torch.finfo(x.dtype).min), dim=dim)
         return probs.masked_fill(~valid.any(dim, keepdim=True), 0.0)
     xt, vt = x.movedim(dim, -1), valid.movedim(dim, -1)
     if not (torch.is_grad_enabled() and x.requires_grad):  # nothing to keep
         return masked_softmax(xt, vt)[0].to(x.dtype).movedim(-1, dim)
-    return _ApproxSoftmax.apply(xt, vt, pol.name, pol.param).movedim(-1, dim)
+    return _ApproxSoftmax.apply(xt, vt, pol).movedim(-1, dim)
 
 
 class _ApproxSoftmax(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, valid, name, param):
+    def forward(ctx, x, valid, policy):
         probs = masked_softmax(x, valid)[0].to(x.dtype)
-        state = tuple(POLICIES[name].compress_with(probs, valid, param))
-        ctx.save_for_backward(valid if name == "topk" else None, *state)  # only topk's restore reads it
-        ctx.name, ctx.param = name, param
+        state = tuple(policy.compress(probs, valid))
+        ctx.save_for_backward(valid if policy.restore_needs_valid else None, *state)
+        ctx.policy = policy
         return probs
 
     @staticmethod
@@ -62,6 +64,6 @@ class _ApproxSoftmax(torch.autograd.Function):
         if valid is None:
             valid = torch.ones((), dtype=torch.bool, device=grad.device).expand(grad.shape)
         wd = work_dtype(grad.dtype)
-        p_hat = POLICIES[ctx.name].restore_with(tuple(state), valid, ctx.param).to(wd)
+        p_hat = ctx.policy.restore(tuple(state), valid).to(wd)
         g = grad.to(wd)
-        return (p_hat * (g - (g * p_hat).sum(-1, keepdim=True))).to(grad.dtype), None, None, None
+        return (p_hat * (g - (g * p_hat).sum(-1, keepdim=True))).to(grad.dtype), None, None

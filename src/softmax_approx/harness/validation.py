@@ -166,10 +166,35 @@ def _check_kwargs(cfg: DictConfig, key: str, extra: tuple[str, ...] = (), drop: 
         raise ConfigError(f"{key}.{unknown[0]}: unknown key for {target}; allowed keys: {', '.join(shown)}")
 
 
+def attention_policy(cfg: DictConfig):
+    """The run's policy from ``cfg.attention`` (``name``, ``params``): a registered policy, or
+    the class an ``_target_`` names (a policy defined outside the package, registered here so
+    the models built from ``attention.name`` find it). ConfigError (one line) otherwise."""
+    from softmax_approx.core import POLICIES, make_policy, policy_class
+
+    name, target = cfg.attention.get("name"), cfg.attention.get("_target_")
+    if target is not None:
+        try:
+            cls = policy_class(str(target))
+        except ValueError as e:
+            raise ConfigError(f"attention._target_={target}: {e}") from None
+        if name != cls.name:
+            raise ConfigError(f"attention.name={name!r} but {target}.name is {cls.name!r}; "
+                              f"set name: {cls.name} in the attention yaml")
+    elif name not in POLICIES:
+        raise ConfigError(f"attention.name={name!r}: allowed values: {', '.join(POLICIES)} "
+                          "(or an attention yaml with _target_: your_module.YourPolicy)")
+    if "params" not in cfg.attention:
+        raise ConfigError(f"attention.params: missing; the attention yaml of {name!r} needs params: (its parameters, or {{}})")
+    params = OmegaConf.to_container(cfg.attention.params, resolve=True) or {}
+    try:
+        return make_policy(name, **params)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"attention.params ({name}): {str(e).splitlines()[0]}") from None
+
+
 def validate_config(cfg: DictConfig, check_data: bool = True) -> None:
     """Raise ConfigError/DataError (one line) for the first problem found; read no data."""
-    from softmax_approx.core import POLICY_NAMES, make_policy
-
     from softmax_approx.conf import check_profile_columns
 
     problem = check_profile_columns(cfg)  # before anything reads a value through the table
@@ -181,15 +206,7 @@ def validate_config(cfg: DictConfig, check_data: bool = True) -> None:
     if not 0 <= seed < 2**32:  # numpy's seed range (Lightning seeds numpy with it)
         raise ConfigError(f"seed={seed!r}: must be an integer in [0, 2**32 - 1]")
 
-    # attention: a known policy with exactly its parameters
-    name = cfg.attention.name
-    if name not in POLICY_NAMES:
-        raise ConfigError(f"attention.name={name!r}: allowed values: {', '.join(POLICY_NAMES)}")
-    params = OmegaConf.to_container(cfg.attention.params, resolve=True) or {}
-    try:
-        make_policy(name, **params)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"attention.params ({name}): {str(e).splitlines()[0]}") from None
+    attention_policy(cfg)
 
     # task <-> model kind
     task_kind, model_kind = cfg.task.get("kind"), cfg.model.get("kind")

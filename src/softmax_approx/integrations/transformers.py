@@ -54,18 +54,20 @@ from torch import nn
 from transformers import AttentionInterface, PreTrainedConfig, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from ..core import POLICY_NAMES, Policy, attention, make_policy
+from ..core import POLICIES, POLICY_NAMES, Policy, attention, make_policy, policy_class, register_policy
 from ..nn.compress import register_attention_switch
 
 #: The generic implementation name (policy from ``config.softmax_approx``).
 NAME = "softmax_approx"
 #: The config attribute carrying ``{"policy": ..., **params}``.
 CONFIG_KEY = "softmax_approx"
-#: Policies Transformers runs itself: ``apply(model, "eager" | "sdpa")`` selects Transformers'
-#: own implementation of that name (the baselines every comparison is made against).
-NATIVE = ("eager", "sdpa")
-#: The policies with a named variant ``softmax_approx_<policy>``.
-VARIANTS = tuple(p for p in POLICY_NAMES if p not in NATIVE)
+#: Policies Transformers runs itself (``Policy.native``): ``apply(model, "eager" | "sdpa")``
+#: selects Transformers' own implementation of that name (the baselines every comparison is
+#: made against).
+NATIVE = tuple(p for p in POLICY_NAMES if POLICIES[p].native)
+#: The built-in policies with a named variant ``softmax_approx_<policy>`` (a policy registered
+#: later runs through the generic ``softmax_approx`` implementation).
+VARIANTS = tuple(p for p in POLICY_NAMES if not POLICIES[p].native)
 DEFAULT_POLICY = "paper"
 
 
@@ -93,7 +95,7 @@ def _resolve(implementation: str, spec: Any) -> Policy:
                 f"attn_implementation={implementation!r} but config.{CONFIG_KEY}['policy']={named!r}; "
                 f"use attn_implementation={NAME!r} to take the policy from the config"
             )
-    if policy in NATIVE:
+    if policy_class(policy).native:
         raise ValueError(
             f"config.{CONFIG_KEY}['policy']={policy!r}: use attn_implementation={policy!r} "
             "(Transformers' own) for that baseline"
@@ -281,14 +283,16 @@ def apply(model: nn.Module, policy: str = DEFAULT_POLICY, **params) -> int:
     if not isinstance(model, PreTrainedModel):
         raise TypeError(f"apply(model, ...): expected a transformers PreTrainedModel, got {type(model).__name__}")
     pol = make_policy(policy, **params)
+    if POLICIES.get(pol.name) is not type(pol):  # config.json names it; from_pretrained looks it up
+        register_policy(type(pol))
     layers = attention_modules(model)
     if not layers:
         raise ValueError(
             f"{type(model).__name__} has no attention layer that uses Transformers' AttentionInterface; "
             "it cannot be switched (only models whose attention calls ALL_ATTENTION_FUNCTIONS can)"
         )
-    implementation = pol.name if pol.name in NATIVE else NAME
-    spec = None if pol.name in NATIVE else {"policy": pol.name, **pol.params}
+    implementation = pol.name if pol.native else NAME
+    spec = None if pol.native else {"policy": pol.name, **pol.params}
     for cfg in _configs(model):  # an entry, even None, makes config.json keep the implementation
         setattr(cfg, CONFIG_KEY, spec)
     model.set_attn_implementation(implementation)

@@ -11,6 +11,7 @@ Each function returns the matplotlib Figure so the notebook can show it inline, 
 from __future__ import annotations
 
 import math
+import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,11 +28,29 @@ from softmax_approx.report.io import save_figure
 from softmax_approx.report.results import Cell, stats
 from softmax_approx.report.tables import fidelity_of
 
-# one marker and colour per policy family, the same in every figure
+# one marker and colour per policy family, the same in every figure (the report reads results
+# without torch, so not from the policy classes); any other policy gets its own from its name
 MARKERS = {"eager": "*", "exact": "s", "paper": "o", "topk": "^", "quant": "D",
            "recompute": "P", "sdpa": "X"}
 COLORS = {"eager": "black", "exact": "C0", "paper": "C1", "topk": "C2", "quant": "C3",
           "recompute": "C4", "sdpa": "C5"}
+SPARE_MARKERS = ("v", "<", ">", "h", "p", "d", "H", "8")
+SPARE_COLORS = ("C6", "C7", "C8", "C9")
+
+
+def policy_marker(policy: str) -> str:
+    """The policy's plot marker: the table's, else a spare one fixed by its name (a policy of
+    your own gets the same marker in every figure and every run, with no edit here)."""
+    name = str(policy)
+    return MARKERS.get(name) or SPARE_MARKERS[zlib.crc32(name.encode()) % len(SPARE_MARKERS)]
+
+
+def policy_color(policy: str) -> str:
+    """The policy's colour, chosen as its marker."""
+    name = str(policy)
+    return COLORS.get(name) or SPARE_COLORS[zlib.crc32(name.encode()) % len(SPARE_COLORS)]
+
+
 MARKER_SIZE = 45  # points^2
 ERR_FLOOR = 1e-8  # 1 - cosine below this is float rounding: plotted at the floor
 
@@ -126,8 +145,8 @@ def _short(setting: str, policy: str) -> str:
 
 
 def _family_handles(policies: Sequence[str], colored: bool = True) -> list[Line2D]:
-    return [Line2D([], [], color=COLORS.get(p, "grey") if colored else "white",
-                   marker=MARKERS.get(p, "o"), ls="", markeredgecolor="black",
+    return [Line2D([], [], color=policy_color(p) if colored else "white",
+                   marker=policy_marker(p), ls="", markeredgecolor="black",
                    markeredgewidth=0.5, label=p) for p in policies]
 
 
@@ -155,7 +174,7 @@ def plot_tradeoff(points: list[dict[str, Any]], base: Path | str | None = None,
             if not (math.isnan(lo) or math.isnan(hi)):
                 yerr = [[p["quality_delta"] - lo], [hi - p["quality_delta"]]]
             ax.errorbar([p["memory_reduction_pct"]], [p["quality_delta"]], yerr=yerr,
-                        fmt=MARKERS.get(p["policy"], "o"), color=COLORS.get(p["policy"], "grey"),
+                        fmt=policy_marker(p["policy"]), color=policy_color(p["policy"]),
                         ms=math.sqrt(MARKER_SIZE), mec="black", mew=0.4, elinewidth=0.8,
                         capsize=2, zorder=3)
         ax.axhline(0, color="grey", lw=0.8, ls="--", zorder=1)
@@ -237,7 +256,7 @@ def plot_which_policy(records: list[dict[str, Any]], base: Path | str | None = N
     norm = LogNorm(vmin=min(finite + [ERR_FLOOR]), vmax=max(finite + [1e-2]))
     for r, x, y, e in zip(recs, xs, ys, errs):
         style = {"c": [e], "cmap": "viridis", "norm": norm} if not math.isnan(e) else {"color": "white"}
-        ax.scatter([x], [y], marker=MARKERS.get(str(r["policy"]), "o"), s=MARKER_SIZE,
+        ax.scatter([x], [y], marker=policy_marker(r["policy"]), s=MARKER_SIZE,
                    edgecolors="black", linewidths=0.5, zorder=3, **style)
     ax.axvline(1, color="grey", lw=0.8, ls="--", zorder=1)
     ax.axhline(0, color="grey", lw=0.8, ls="--", zorder=1)
@@ -309,10 +328,10 @@ def plot_fidelity(exp: Experiment, cells: dict[tuple[str, Setting], Cell],
                             yerr=[[lo[j] for j in order], [hi[j] for j in order]], marker="o",
                             color=f"C{i}", label=task, capsize=2)
                 ticks |= set(xs)
-        if pol == "topk":
+        if ticks and min(ticks) > 0 and max(ticks) <= 1 and min(ticks) < 1:  # a fraction (keep_ratio)
             ax.set_xscale("log", base=2)
         if ticks:
-            ax.set_xticks(sorted(ticks), [_fmt_tick(pol, t) for t in sorted(ticks)])
+            ax.set_xticks(sorted(ticks), [_fmt_tick(pol, param, t) for t in sorted(ticks)])
             ax.minorticks_off()
         ax.set_yscale("log")
         ax.set_xlabel(f"{pol}: {param}", fontsize=8)
@@ -340,9 +359,9 @@ def _err(cos: float | None) -> float | None:
     return None if cos is None else 1.0 - cos
 
 
-def _fmt_tick(policy: str, v: float) -> str:
-    if policy == "topk" and 0 < v < 1:
-        return Setting("topk", (("keep_ratio", v),)).label.split("=")[1]
+def _fmt_tick(policy: str, param: str, v: float) -> str:
+    if 0 < v < 1:  # a fraction as the settings' labels write it (keep_ratio=1/8)
+        return Setting(policy, ((param, v),)).label.split("=")[1]
     return f"{v:g}"
 
 
