@@ -116,8 +116,8 @@ def _train(cfg: DictConfig) -> tuple[dict, dict]:
     fingerprint = dict(decision.fingerprint or {})
     if ddp.is_global_zero:
         rundir.clear_job_error(run_dir)
-        rundir.write_fingerprint(run_dir, {**fingerprint, "tokenizer_sha256": decision.previous_tokenizer,
-                                           "data_sha256": decision.previous_data})
+        rundir.write_fingerprint(run_dir, {**fingerprint, "data_sha256": decision.previous_data,
+                                           "tokenizer_sha256": decision.previous_tokenizer})
         write_results(out_path, record)
     objects: dict[str, Any] = {"cfg": cfg}
     signals = preemption.active() or preemption.SignalFlag(())
