@@ -229,6 +229,43 @@ def test_changed_data_content_at_the_same_path_is_refused_naming_the_file(task, 
     assert load_results(run / "results.json")["status"] == "completed"
 
 
+def test_data_sha256_is_the_sha256_of_each_file_the_datamodule_read(tmp_path):
+    """Differential: the fingerprint's hashes equal hashlib over the bytes of every file setup
+    read (each split; gzip'd translation files as stored), keyed by logical name."""
+    import hashlib
+
+    from softmax_approx.data.classification import ClassificationDataModule
+    from softmax_approx.data.translation import TranslationDataModule
+
+    data = tmp_path / "data"
+    write_sst2(data, n_train=40, n_dev=8)
+    write_multi30k(data, sizes=(16, 4, 4))
+    modules = [ClassificationDataModule(task="sst2", data_dir=str(data), vocab_size=120, val_size=5),
+               TranslationDataModule(task="multi30k", data_dir=str(data), vocab_size=120)]
+    for dm in modules:
+        dm.setup("fit")
+        files = dm.data_files()
+        assert files and dm.data_sha256() == {k: hashlib.sha256(p.read_bytes()).hexdigest() for k, p in files.items()}
+    assert set(modules[0].data_files()) == {"train", "test"}
+    assert set(modules[1].data_files()) == {f"{s}.{lang}" for s in ("train", "val", "test_2016_flickr") for lang in ("de", "en")}
+
+
+def test_check_data_names_the_first_changed_file_and_accepts_older_runs(tmp_path):
+    from softmax_approx.harness.resume import ResumeDecision, check_data
+    from softmax_approx.utils.errors import ConfigError
+
+    files = {"train": tmp_path / "train.tsv", "test": tmp_path / "dev.tsv", "val": tmp_path / "val.tsv"}
+    before = {"train": "a" * 64, "test": "b" * 64, "val": "c" * 64}
+    resume = ResumeDecision("resume", previous_data=before)
+    check_data(tmp_path, resume, files, dict(before))  # same content: resumes
+    with pytest.raises(ConfigError, match=rf"^{tmp_path}/dev.tsv: its content changed .*\(test: sha256 b{{12}} then, "
+                                          r"d{12} now\) \(\+1 more\); restore that file"):
+        check_data(tmp_path, resume, files, {**before, "test": "d" * 64, "val": "e" * 64})
+    changed = {k: "f" * 64 for k in before}
+    check_data(tmp_path, ResumeDecision("resume", previous_data=None), files, changed)  # before data hashes
+    check_data(tmp_path, ResumeDecision("fresh", previous_data=before), files, changed)  # nothing to resume
+
+
 def _strip_data_hashes(run: Path) -> None:
     """Make ``run`` look like one started before data hashes: no ``data_sha256`` in its
     ``config_fingerprint`` nor in ``last.ckpt``."""
