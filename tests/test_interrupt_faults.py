@@ -1,7 +1,8 @@
 """Faults around interruption and checkpoint writing (docs/reliability.md §8): Ctrl-C is a
 preemption (``interrupted``, exit 130, the same command resumes); a signal outside training is
 one line, exit 75 and a clear status; a disk that fills up while a best checkpoint is written
-leaves no torn ``best-N.ckpt``. Each test failed before the change it covers.
+leaves no torn ``best-N.ckpt``; a moved copy of the data resumes while a data file whose content
+changed in place is refused naming it. Each test failed before the change it covers.
 """
 
 from __future__ import annotations
