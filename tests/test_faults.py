@@ -24,6 +24,7 @@ from softmax_approx.harness.resume import last_checkpoint
 from softmax_approx.utils import run_record
 from softmax_approx.utils.errors import ConfigError, NonFiniteLossError
 from softmax_approx.utils.task_conf import task_names
+from test_interrupt_faults import _strip_data_hashes
 from test_reliability import _as_multirun_job, _main
 from test_reproduce import env, go, launched  # noqa: F401  (env is a fixture)
 
@@ -48,14 +49,21 @@ def test_two_identical_runs_in_two_data_copies_give_identical_metrics(tmp_path, 
     assert rundir.read_fingerprint(tmp_path / "run0")["tokenizer_sha256"] == recs[0]["tokenizer_sha256"]
 
 
-def test_resume_with_another_tokenizer_is_refused(tmp_path, data_dir):
+@pytest.mark.parametrize("fingerprint", ["with data hashes", "from before data hashes"])
+def test_resume_with_another_tokenizer_is_refused(fingerprint, tmp_path, data_dir):
+    """Changed training data: refused naming the file; a run fingerprinted before data hashes
+    is still refused through its tokenizer (retrained on the new text)."""
     data = Path(shutil.copytree(data_dir, tmp_path / "data", ignore=shutil.ignore_patterns("*cache*")))
     run = tmp_path / "run"
     _crashed_run(run, data)
+    if fingerprint == "from before data hashes":
+        _strip_data_hashes(run)
     before = rundir.read_fingerprint(run)["tokenizer_sha256"]
     with open(data / "sst2" / "train.tsv", "a") as f:  # the data changed: the tokenizer is retrained
         f.write("zyxwv quixotic flummoxed\t1\n" * 5)
-    with pytest.raises(ConfigError, match=rf"trained with tokenizer sha256 {before[:12]}, this data gives"):
+    says = (rf"trained with tokenizer sha256 {before[:12]}, this data gives" if fingerprint == "from before data hashes"
+            else rf"^{re.escape(str(data / 'sst2' / 'train.tsv'))}: its content changed since .*\(train: sha256 ")
+    with pytest.raises(ConfigError, match=says):
         train_mod.train(compose_cfg(EPOCHS3, run, data))
     assert rundir.read_fingerprint(run)["tokenizer_sha256"] == before  # the run keeps its identity
 

@@ -1,12 +1,15 @@
 """Faults around interruption and checkpoint writing (docs/reliability.md §8): Ctrl-C is a
 preemption (``interrupted``, exit 130, the same command resumes); a signal outside training is
 one line, exit 75 and a clear status; a disk that fills up while a best checkpoint is written
-leaves no torn ``best-N.ckpt``. Each test failed before the change it covers.
+leaves no torn ``best-N.ckpt``; a moved copy of the data resumes while a data file whose content
+changed in place is refused naming it. Each test failed before the change it covers.
 """
 
 from __future__ import annotations
 
 import errno
+import gzip
+import json
 import os
 import shutil
 import subprocess
@@ -17,6 +20,8 @@ import pytest
 import torch
 
 from conftest import TINY, compose_cfg
+from fixtures_data import write_multi30k, write_sst2
+from softmax_approx.harness import rundir
 from softmax_approx.harness.results import load_results
 from softmax_approx.harness.resume import last_checkpoint
 from softmax_approx.train import train
@@ -154,6 +159,11 @@ def test_resume_after_moving_the_data_and_the_run_folder(tmp_path, data_dir):
     assert rec["status"] == "completed" and rec["resumed_from"] == str(last_checkpoint(run_b))
     assert rec["test_weights"].startswith(str(run_b / "checkpoints"))
     assert rec["metrics"] == want["metrics"]
+    # the run's identity is the data's content, never where it lies
+    fingerprint = rundir.read_fingerprint(run_b)
+    assert fingerprint["data_sha256"] == rundir.read_fingerprint(ref)["data_sha256"]
+    assert set(fingerprint["data_sha256"]) == {"train", "test"}
+    assert str(tmp_path) not in json.dumps(fingerprint)
 
 
 def test_a_changed_recipe_is_still_refused_after_a_move(tmp_path, data_dir):
@@ -165,6 +175,124 @@ def test_a_changed_recipe_is_still_refused_after_a_move(tmp_path, data_dir):
     run_b = Path(shutil.move(str(run_a), str(tmp_path / "b")))
     with pytest.raises(ConfigError, match=r"different config \(optimizer.lr\)"):
         train(compose_cfg([*EPOCHS3, "optimizer.lr=0.5"], run_b, data_dir))
+
+
+# ------------------------------------------------------------------ data content, not location
+#: a tiny Multi30k run: 4 batches an epoch, 2 epochs, crashed in the second
+TRANSLATION = ["profile=smoke", "logger=none", "task=multi30k", "model.d_model=16", "model.n_heads=2",
+               "model.n_layers=1", "model.d_ff=32", "trainer.max_epochs=2", "trainer.max_steps=-1",
+               "trainer.limit_train_batches=4", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
+               "trainer.val_check_interval=null", "trainer.deterministic=true", "task.datamodule.subset=null",
+               "task.datamodule.vocab_size=120", "task.datamodule.batch_size=8", "task.datamodule.max_tokens=null",
+               "task.datamodule.max_len=16", "task.module.beam=1", "task.module.val_bleu_max_sentences=4",
+               "task.module.n_samples=1", "memory.warmup_steps=1", "timing.skip_steps=0"]
+#: task -> (overrides, tiny, the file changed, how it is rewritten)
+CHANGES = {
+    "sst2": ([*EPOCHS3], True, "sst2/dev.tsv",
+             lambda p: p.write_text(p.read_text().replace("\t1\n", "\t0\n", 1))),
+    "multi30k": (TRANSLATION, False, "multi30k/test_2016_flickr.en.gz",
+                 lambda p: p.write_bytes(gzip.compress(gzip.decompress(p.read_bytes()).replace(b"\n", b" x\n", 1)))),
+}
+
+
+def _task_data(tmp_path: Path, task: str) -> Path:
+    data = tmp_path / "data"
+    write_sst2(data, n_train=96, n_dev=16) if task == "sst2" else write_multi30k(data, sizes=(64, 16, 8))
+    return data
+
+
+@pytest.mark.parametrize("task", sorted(CHANGES))
+def test_changed_data_content_at_the_same_path_is_refused_naming_the_file(task, tmp_path, capsys):
+    """Before: only the tokenizer's sha256 stood for the data, so a changed test (or val) file,
+    which the tokenizer never reads, resumed silently and mixed two test sets into one result.
+    Now: exit 2, one line naming the file; the checkpoint and the fingerprint are left as they
+    were, and putting the old content back resumes the run."""
+    from softmax_approx.train import run_job
+
+    overrides, tiny, name, change = CHANGES[task]
+    data, run = _task_data(tmp_path, task), tmp_path / "run"
+    with pytest.raises(torch.OutOfMemoryError):
+        train(compose_cfg([*overrides, "fault.fail_at_step=6"], run, data, tiny=tiny))
+    fingerprint, ckpt = (run / rundir.FINGERPRINT_FILE).read_bytes(), last_checkpoint(run).read_bytes()
+    original = (data / name).read_bytes()
+    change(data / name)
+    assert (data / name).read_bytes() != original
+    with pytest.raises(SystemExit) as info:
+        run_job(compose_cfg(overrides, run, data, tiny=tiny))
+    assert info.value.code == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith(f"error: {data / name}: its content changed since {run}"), err
+    assert "restore that file" in err[0]
+    assert (run / rundir.FINGERPRINT_FILE).read_bytes() == fingerprint and last_checkpoint(run).read_bytes() == ckpt
+    assert load_results(run / "results.json")["status"] == "failed"  # not completed: still resumable
+    (data / name).write_bytes(original)
+    train(compose_cfg(overrides, run, data, tiny=tiny))
+    assert load_results(run / "results.json")["status"] == "completed"
+
+
+def test_data_sha256_is_the_sha256_of_each_file_the_datamodule_read(tmp_path):
+    """Differential: the fingerprint's hashes equal hashlib over the bytes of every file setup
+    read (each split; gzip'd translation files as stored), keyed by logical name."""
+    import hashlib
+
+    from softmax_approx.data.classification import ClassificationDataModule
+    from softmax_approx.data.translation import TranslationDataModule
+
+    data = tmp_path / "data"
+    write_sst2(data, n_train=40, n_dev=8)
+    write_multi30k(data, sizes=(16, 4, 4))
+    modules = [ClassificationDataModule(task="sst2", data_dir=str(data), vocab_size=120, val_size=5),
+               TranslationDataModule(task="multi30k", data_dir=str(data), vocab_size=120)]
+    for dm in modules:
+        dm.setup("fit")
+        files = dm.data_files()
+        assert files and dm.data_sha256() == {k: hashlib.sha256(p.read_bytes()).hexdigest() for k, p in files.items()}
+    assert set(modules[0].data_files()) == {"train", "test"}
+    assert set(modules[1].data_files()) == {f"{s}.{lang}" for s in ("train", "val", "test_2016_flickr") for lang in ("de", "en")}
+
+
+def test_check_data_names_the_first_changed_file_and_accepts_older_runs(tmp_path):
+    from softmax_approx.harness.resume import ResumeDecision, check_data
+    from softmax_approx.utils.errors import ConfigError
+
+    files = {"train": tmp_path / "train.tsv", "test": tmp_path / "dev.tsv", "val": tmp_path / "val.tsv"}
+    before = {"train": "a" * 64, "test": "b" * 64, "val": "c" * 64}
+    resume = ResumeDecision("resume", previous_data=before)
+    check_data(tmp_path, resume, files, dict(before))  # same content: resumes
+    with pytest.raises(ConfigError, match=rf"^{tmp_path}/dev.tsv: its content changed .*\(test: sha256 b{{12}} then, "
+                                          r"d{12} now\) \(\+1 more\); restore that file"):
+        check_data(tmp_path, resume, files, {**before, "test": "d" * 64, "val": "e" * 64})
+    changed = {k: "f" * 64 for k in before}
+    check_data(tmp_path, ResumeDecision("resume", previous_data=None), files, changed)  # before data hashes
+    check_data(tmp_path, ResumeDecision("fresh", previous_data=before), files, changed)  # nothing to resume
+
+
+def _strip_data_hashes(run: Path) -> None:
+    """Make ``run`` look like one started before data hashes: no ``data_sha256`` in its
+    ``config_fingerprint`` nor in ``last.ckpt``."""
+    fp = rundir.read_fingerprint(run)
+    assert fp.pop("data_sha256")
+    rundir.write_fingerprint(run, fp)
+    ckpt = torch.load(last_checkpoint(run), map_location="cpu", weights_only=False)
+    assert ckpt["callbacks"][rundir.CKPT_KEY].pop("data_sha256")
+    torch.save(ckpt, last_checkpoint(run))
+
+
+def test_a_run_fingerprinted_before_data_hashes_still_resumes(tmp_path, data_dir):
+    """A run in progress when data hashes were added resumes to the uninterrupted metrics and
+    from then on carries the hashes of the data it read."""
+    ref = tmp_path / "ref"
+    train(compose_cfg(EPOCHS3, ref, data_dir))
+    run = tmp_path / "run"
+    with pytest.raises(torch.OutOfMemoryError):
+        train(compose_cfg([*EPOCHS3, "fault.fail_at_step=6"], run, data_dir))
+    _strip_data_hashes(run)
+    train(compose_cfg(EPOCHS3, run, data_dir))
+    rec = load_results(run / "results.json")
+    assert rec["status"] == "completed" and rec["resumed_from"] == str(last_checkpoint(run))
+    assert rec["metrics"] == load_results(ref / "results.json")["metrics"]
+    assert rundir.read_fingerprint(run)["data_sha256"] == rundir.read_fingerprint(ref)["data_sha256"]
+    assert torch.load(last_checkpoint(run), weights_only=False)["callbacks"][rundir.CKPT_KEY]["data_sha256"]
 
 
 # ------------------------------------------------------------------ step cadence before a validation

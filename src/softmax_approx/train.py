@@ -55,7 +55,7 @@ from softmax_approx.harness.job import (
 )
 from softmax_approx.harness.measure import run_stats
 from softmax_approx.harness.results import jsonable, new_record, resolved_config, results_path, write_results
-from softmax_approx.harness.resume import belongs_to, check_tokenizer, decide, last_checkpoint, read_record
+from softmax_approx.harness.resume import belongs_to, check_data, check_tokenizer, decide, last_checkpoint, read_record
 from softmax_approx.harness import rundir
 from softmax_approx.harness.validation import validate_config
 from softmax_approx.utils.errors import NonFiniteLossError, UserError, one_line
@@ -116,7 +116,8 @@ def _train(cfg: DictConfig) -> tuple[dict, dict]:
     fingerprint = dict(decision.fingerprint or {})
     if ddp.is_global_zero:
         rundir.clear_job_error(run_dir)
-        rundir.write_fingerprint(run_dir, {**fingerprint, "tokenizer_sha256": decision.previous_tokenizer})
+        rundir.write_fingerprint(run_dir, {**fingerprint, "data_sha256": decision.previous_data,
+                                           "tokenizer_sha256": decision.previous_tokenizer})
         write_results(out_path, record)
     objects: dict[str, Any] = {"cfg": cfg}
     signals = preemption.active() or preemption.SignalFlag(())
@@ -124,7 +125,9 @@ def _train(cfg: DictConfig) -> tuple[dict, dict]:
         fault_signal(cfg, "setup")
         datamodule = build_datamodule(cfg, "fit")
         signals.check("data setup")
-        # the tokenizer is part of the run's identity: recorded, and checked before resuming
+        # the data's content and the tokenizer are part of the run's identity: checked before resuming
+        fingerprint["data_sha256"] = datamodule.data_sha256()
+        check_data(run_dir, decision, datamodule.data_files(), fingerprint["data_sha256"])
         fingerprint["tokenizer_sha256"] = getattr(datamodule, "tokenizer_sha256", None)
         record.update(tokenizer_sha256=fingerprint["tokenizer_sha256"])
         check_tokenizer(run_dir, decision, fingerprint["tokenizer_sha256"])

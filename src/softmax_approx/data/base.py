@@ -11,6 +11,7 @@ long an item is (:meth:`item_length`, what the bucketing sorts by) and how a bat
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import lightning as L
@@ -83,6 +84,28 @@ class BucketedDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
         )
+
+    def data_files(self) -> dict[str, Path]:
+        """Logical file (``train``, ``test``, ``train.de`` ...) -> the path ``setup`` read."""
+        return dict(getattr(self, "_files", None) or {})
+
+    def data_sha256(self) -> dict[str, str]:
+        """Logical file -> sha256 of its content (a folder: of its sorted tree). The run's
+        fingerprint holds these, not the paths, so a moved copy of the data resumes and changed
+        content is refused (``harness/resume.py``)."""
+        files = self.data_files()
+        return {k: digest for k, (_, _, digest) in zip(files, self._signatures(list(files.values())))}
+
+    def _signatures(self, paths: list[Path]) -> list[tuple[str, int, str]]:
+        """``content_signature`` (name, bytes, sha256) of ``paths``, each hashed once per
+        DataModule: the tokenizer's cache key, the fingerprint and results.json share them."""
+        from softmax_approx.data.tokenizer import content_signature
+
+        cache = self.__dict__.setdefault("file_signatures", {})
+        for p in paths:
+            if str(p) not in cache:
+                cache[str(p)] = content_signature([p])[0]
+        return [cache[str(p)] for p in paths]
 
     def data_info(self) -> dict[str, Any]:
         """What a run record should say about its data (after ``setup``): the tokenizer's sha256

@@ -48,7 +48,7 @@ from softmax_approx.data.datasets import Dataset, dataset
 from softmax_approx.data.files import resolve_cache_dir
 from softmax_approx.data.formats import Row, read_splits
 from softmax_approx.data.readers import TextExample, holdout_split, seeded_subset, sentence_holdout
-from softmax_approx.data.tokenizer import content_signature, load_or_train, tokenizer_sha256
+from softmax_approx.data.tokenizer import load_or_train, tokenizer_sha256
 from softmax_approx.data import tokenizer as tokmod
 from softmax_approx.utils.errors import ConfigError, DataError
 
@@ -273,17 +273,10 @@ class ClassificationDataModule(BucketedDataModule):
             self.datasets[name] = _ListDataset(self._encode(rows))
         self.setup_seconds = time.perf_counter() - t0
 
-    def _signatures(self, paths: list[Path]) -> list:
-        """``content_signature`` of ``paths``, each file hashed once per DataModule."""
-        for p in paths:
-            if str(p) not in self.file_signatures:
-                self.file_signatures[str(p)] = content_signature([p])[0]
-        return [self.file_signatures[str(p)] for p in paths]
-
     def data_info(self) -> dict[str, Any]:
         """Besides the tokenizer and splits: each data file (path, bytes, sha256 of its content)
         and the classes, for results.json."""
-        files = getattr(self, "_files", {})
+        files = self.data_files()
         sigs = self._signatures(list(files.values()))
         return {
             **super().data_info(),

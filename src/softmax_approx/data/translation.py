@@ -160,6 +160,7 @@ class TranslationDataModule(BucketedDataModule):
         t0 = time.perf_counter()
         files = self.check_files()
         splits, tok_inputs = self._read(files)
+        self._files = files
         self.split_sizes_full = {k: len(v) for k, v in splits.items()}
         if self.task == "iwslt14_mini":
             self.test_split_name = (
@@ -172,7 +173,7 @@ class TranslationDataModule(BucketedDataModule):
             "vocab_size": self.requested_vocab_size,
             "split_seed": self.split_seed,
             "mini_val_size": self.mini_val_size if self.task == "iwslt14_mini" else None,
-            "inputs": tokmod.content_signature(tok_inputs),
+            "inputs": self._signatures(tok_inputs),
         }
         self.tokenizer_path = tokmod.cache_path(self.cache_dir, self.task, settings)
         train = splits["train"]

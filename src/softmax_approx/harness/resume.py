@@ -9,12 +9,15 @@ run dir holds                               decision
 results.json ``completed``                  ``skip``: print one line, return its metrics
 ``checkpoints/last.ckpt`` (not completed)   ``resume`` from it (or from ``ckpt_path=``)
 nothing of the above                        ``fresh``
-another config's run, or another tokenizer  refused (ConfigError, one line)
+another config's run, data or tokenizer     refused (ConfigError, one line)
 ==========================================  ==============================================
 
 A previous run with a different configuration in the same directory is refused (ConfigError
 naming the differing keys): continuing it would silently mix two experiments. Keys that do not
-change what is trained are ignored (``IGNORED_KEYS``). The config is checked three ways, so a
+change what is trained are ignored (``IGNORED_KEYS``), and file locations are compared relative
+to their ``paths.*`` folder (:func:`location_free`). What the data *are* is the sha256 of each
+file's content (``data_sha256``, checked by :func:`check_data` once the data are set up): a moved
+copy resumes, a changed file at the same place is refused naming it. The config is checked three ways, so a
 torn or deleted results.json cannot hide it: the record's config, the directory's
 ``config_fingerprint`` file and the fingerprint inside ``last.ckpt`` (harness/rundir.py). A
 checkpoint to resume from is opened here, so a truncated one is one line, not a traceback.
@@ -45,8 +48,9 @@ class ResumeDecision:
     action: str  # "skip" | "resume" | "fresh"
     ckpt_path: str | None = None
     record: dict | None = None
-    fingerprint: dict | None = None  # this config's (config_sha256); the tokenizer's is added later
+    fingerprint: dict | None = None  # this config's (config_sha256); the data's are added later
     previous_tokenizer: str | None = None  # the tokenizer sha256 the interrupted run trained with
+    previous_data: dict | None = None  # logical file -> content sha256 it trained on (None: older run)
 
     @property
     def metrics(self) -> dict:
@@ -70,7 +74,7 @@ def location_free(config: dict) -> dict:
     """``config`` with every absolute path under a ``paths.*`` folder written relative to it
     (``/data/sst2`` -> ``${paths.data_dir}/sst2``): where the data and the run dir lie does not
     decide the result, so moving either must not make a resume look like another config. What
-    the data *are* is checked through the tokenizer's sha256."""
+    the data *are* is checked through their content hashes (:func:`check_data`)."""
     paths = config.get("paths") if isinstance(config, dict) else None
     roots = sorted(((k, str(v).rstrip("/")) for k, v in (paths or {}).items()
                     if isinstance(v, str) and v.startswith("/") and len(v.rstrip("/")) > 1),
@@ -151,18 +155,21 @@ def decide(run_dir: str | Path, config: dict, explicit_ckpt: str | None = None) 
         if not _sha_matches(stored.get("config_sha256"), config, fingerprint):
             raise _refuse(run_dir, status, f"{FINGERPRINT_FILE} differs")
     previous_tok = stored.get("tokenizer_sha256")
+    previous_data = stored.get("data_sha256")
     if record is not None and record.get("status") == "completed":
         return ResumeDecision("skip", record=record, fingerprint=fingerprint)
     ckpt = str(explicit_ckpt) if explicit_ckpt else (str(last) if last.exists() else None)
     if ckpt is None:
-        return ResumeDecision("fresh", record=record, fingerprint=fingerprint, previous_tokenizer=previous_tok)
+        return ResumeDecision("fresh", record=record, fingerprint=fingerprint, previous_tokenizer=previous_tok,
+                              previous_data=previous_data)
     in_ckpt = checkpoint_fingerprint(ckpt, "ckpt_path" if explicit_ckpt else str(last))
     if not explicit_ckpt and not _sha_matches(in_ckpt.get("config_sha256"), config, fingerprint):
         raise _refuse(run_dir, status, f"the fingerprint in {last.name} differs")
     if not explicit_ckpt:
         previous_tok = previous_tok or in_ckpt.get("tokenizer_sha256")
+        previous_data = previous_data or in_ckpt.get("data_sha256")
     return ResumeDecision("resume", ckpt_path=ckpt, record=record, fingerprint=fingerprint,
-                          previous_tokenizer=previous_tok)
+                          previous_tokenizer=previous_tok, previous_data=previous_data)
 
 
 def belongs_to(run_dir: str | Path, config: dict | None) -> bool:
@@ -183,6 +190,25 @@ def belongs_to(run_dir: str | Path, config: dict | None) -> bool:
         if sha is None or not _sha_matches(sha, config, fingerprint):
             return False
     return record is None or not config_differences(record.get("config"), config)
+
+
+def check_data(run_dir: str | Path, decision: ResumeDecision, files: dict[str, Path],
+               data_sha256: dict[str, str]) -> None:
+    """Refuse to resume on data whose content differs from what the run trained on (one line
+    naming the first changed file). A run from before data hashes (``previous_data`` None) is
+    resumed as before; its tokenizer is still checked (:func:`check_tokenizer`)."""
+    before = decision.previous_data
+    if decision.action != "resume" or not isinstance(before, dict):
+        return
+    changed = [k for k in sorted(before) if k in data_sha256 and before[k] != data_sha256[k]]
+    if changed:
+        key = changed[0]
+        more = f" (+{len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise ConfigError(
+            f"{files.get(key, key)}: its content changed since {run_dir} started training on it "
+            f"({key}: sha256 {before[key][:12]} then, {data_sha256[key][:12]} now){more}; restore that file to "
+            "resume, or start over in another hydra.run.dir (or delete that directory)"
+        )
 
 
 def check_tokenizer(run_dir: str | Path, decision: ResumeDecision, tokenizer_sha256: str | None) -> None:

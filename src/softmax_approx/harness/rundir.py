@@ -1,10 +1,12 @@
 """A run directory's identity and its last-resort writes (docs/reliability.md, fault table).
 
 Why a separate small file: ``results.json`` is rewritten during a run, so a torn or deleted one
-must not hide which config (and tokenizer) the directory belongs to. ``config_fingerprint``
-holds the sha256 of the config (``IGNORED_KEYS`` left out) and of the tokenizer; the same
-fingerprint travels in every checkpoint (:class:`FingerprintState`). Both are checked before a
-run resumes or a failed job writes anything into the directory.
+must not hide which config and data the directory belongs to. ``config_fingerprint`` holds the
+sha256 of the recipe (the config, ``IGNORED_KEYS`` left out and file locations made relative:
+``resume.location_free``), ``data_sha256`` (logical data file -> sha256 of its content, never
+its path) and the tokenizer's sha256; the same fingerprint travels in every checkpoint
+(:class:`FingerprintState`). Both are checked before a run resumes or a failed job writes
+anything into the directory.
 
 Why a fallback writer: on a full disk the atomic writer (temp file + rename) cannot create the
 temp file, so the ``failed`` record is written into the old file's own blocks instead (small and
