@@ -8,7 +8,6 @@ the exact paths and the command that fetches them, without reading or tokenizing
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 from softmax_approx.data.datasets import dataset, shipped, shipped_names
@@ -55,25 +54,6 @@ def check_files(task: str, data_dir: str | Path, data: dict | None = None, kind:
             for path in alternatives:
                 format_of(path, spec.format, f"task.data.{split}")
     return spec.check_files(data_dir)
-
-
-def _writable_dir(path: Path) -> bool:
-    """True when ``path`` (or its nearest existing parent) may be written to.
-
-    Besides ``os.access`` it honours the permission bits: a folder whose mode grants no write
-    bit (like a read-only shared data folder) counts as read-only even for root, who
-    ``os.access`` always says may write.
-    """
-    p = path
-    while not p.exists():
-        if p.parent == p:
-            return False
-        p = p.parent
-    try:
-        mode = p.stat().st_mode
-    except OSError:
-        return False
-    return os.access(p, os.W_OK) and bool(mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
 
 def default_user_cache() -> Path:
