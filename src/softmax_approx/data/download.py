@@ -112,8 +112,8 @@ def _load_hf(name: str, load_dataset: Callable | None):
     if load_dataset is None:
         try:
             from datasets import load_dataset
-        except ImportError as e:  # pragma: no cover - datasets is a dependency
-            raise DataError(f"the `datasets` package is needed to fetch {name}: pip install datasets ({e})") from None
+        except ImportError as e:  # pragma: no cover - datasets comes with the harness extra
+            raise DataError(f"the `datasets` package is needed to fetch {name}: pip install 'softmax-approx[harness]' ({e})") from None
     try:
         return load_dataset(name)
     except Exception as e:  # offline, hub down, renamed dataset ...
