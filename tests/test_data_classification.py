@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from softmax_approx.data import check_files
+from softmax_approx.data.files import check_files
 from softmax_approx.data import tokenizer as tokmod
 from softmax_approx.data.classification import ClassificationDataModule
 from softmax_approx.data.readers import read_glue_sst2, read_imdb

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from conftest import compose_cfg
-from softmax_approx.tasks.translation import inverse_sqrt, label_smoothed_nll_loss
+from softmax_approx.tasks.schedules import inverse_sqrt
+from softmax_approx.tasks.translation import label_smoothed_nll_loss
 from softmax_approx.train import train
 from softmax_approx.utils.errors import DataError
 

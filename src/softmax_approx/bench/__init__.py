@@ -15,7 +15,7 @@ import importlib
 import pkgutil
 import sys
 
-from .attention import build_parser, main as attention_main, markdown_table, parse_policy, run  # noqa: F401
+from .attention import main as attention_main
 
 
 def subcommands() -> list[str]:

@@ -8,7 +8,3 @@ yamls are read with PyYAML), so without the harness extra importing it stops wit
 from softmax_approx.utils.extras import require
 
 require("harness", "softmax_approx.data")
-
-from softmax_approx.data.files import TASKS, check_files, expected_files, fetch_command
-
-__all__ = ["TASKS", "check_files", "expected_files", "fetch_command"]

@@ -55,10 +55,6 @@ IWSLT_HELP = (
 Downloader = Callable[[str, str, object], None]  # pooch's downloader protocol: (url, output_file, pooch)
 
 
-def sha256_file(path: Path) -> str:
-    return pooch.file_hash(str(path), alg="sha256")
-
-
 def fetch(
     url: str,
     dest: str | Path,

@@ -35,11 +35,6 @@ def expected_files(task: str, data_dir: str | Path) -> dict[str, list[Path]]:
     return {k: list(v) for k, v in shipped(task, data_dir).files.items()}
 
 
-def resolve_files(task: str, data_dir: str | Path) -> dict[str, Path]:
-    """The existing path of each logical file (first accepted one that exists)."""
-    return {k: next((p for p in v if p.exists()), v[0]) for k, v in expected_files(task, data_dir).items()}
-
-
 def check_files(task: str, data_dir: str | Path, data: dict | None = None, kind: str | None = None) -> dict[str, Path]:
     """Raise a one-line DataError listing missing files and the fetch command; else return paths.
 

@@ -61,10 +61,6 @@ from ..nn.compress import register_attention_switch
 NAME = "softmax_approx"
 #: The config attribute carrying ``{"policy": ..., **params}``.
 CONFIG_KEY = "softmax_approx"
-#: Policies Transformers runs itself (``Policy.native``): ``apply(model, "eager" | "sdpa")``
-#: selects Transformers' own implementation of that name (the baselines every comparison is
-#: made against).
-NATIVE = tuple(p for p in POLICY_NAMES if POLICIES[p].native)
 #: The built-in policies with a named variant ``softmax_approx_<policy>`` (a policy registered
 #: later runs through the generic ``softmax_approx`` implementation).
 VARIANTS = tuple(p for p in POLICY_NAMES if not POLICIES[p].native)

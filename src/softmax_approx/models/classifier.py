@@ -8,8 +8,6 @@ mask (True = real token) reaches ``core.attention`` so padded keys get zero prob
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 from torch import nn
 
@@ -17,8 +15,6 @@ from softmax_approx.models.layers import Encoder, PositionalEmbedding
 
 
 class TransformerClassifier(nn.Module):
-    task_kind: ClassVar[str] = "classification"
-
     def __init__(
         self,
         vocab_size: int,

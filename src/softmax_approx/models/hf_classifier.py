@@ -21,8 +21,6 @@ marked so the activation meter counts their bytes as attention either way.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 from torch import nn
 
@@ -31,8 +29,6 @@ _OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert")
 
 
 class HFClassifier(nn.Module):
-    task_kind: ClassVar[str] = "classification"
-
     def __init__(
         self,
         vocab_size: int,

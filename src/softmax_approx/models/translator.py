@@ -141,9 +141,6 @@ class Translator(nn.Module):
             state.n_sentences = sentences.numel()
 
 
-ATTENTION_KINDS = ("encoder_self", "decoder_self", "cross")
-
-
 def attention_modules_by_kind(model: Translator) -> dict[str, list[nn.Module]]:
     """The model's MultiHeadAttention modules, grouped by the three kinds."""
     return {

@@ -20,7 +20,6 @@ from typing import Any, Callable, ClassVar
 import lightning as L
 import torch
 
-from softmax_approx.tasks.schedules import constant_lr, linear_warmup_decay  # noqa: F401  (older conf _target_ names)
 from softmax_approx.utils.errors import NonFiniteLossError
 
 

@@ -35,10 +35,9 @@ from softmax_approx.models.decoding import decode as run_decoding
 from softmax_approx.models.translator import activation_memory_by_kind
 from softmax_approx.tasks.base import BaseTask
 from softmax_approx.tasks.bleu import corpus_bleu
-from softmax_approx.tasks.schedules import inverse_sqrt  # conf's _target_ name
 from softmax_approx.utils.errors import ConfigError
 
-__all__ = ["TranslationTask", "TranslationModule", "inverse_sqrt", "label_smoothed_nll_loss"]
+__all__ = ["TranslationTask", "label_smoothed_nll_loss"]
 
 
 def label_smoothed_nll_loss(logits: torch.Tensor, target: torch.Tensor, epsilon: float,
@@ -236,6 +235,3 @@ class TranslationTask(BaseTask):
             out["metrics"] = {"test/bleu_signature": self.test_bleu.signature,
                               "test/bleu_tok_signature": self.test_bleu.signature_tok}
         return out
-
-
-TranslationModule = TranslationTask  # the name used in the project brief

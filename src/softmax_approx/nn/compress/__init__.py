@@ -37,12 +37,9 @@ from collections.abc import Callable
 
 from torch import nn
 
-from .kept import MODES
-from .modules import (CompressedLayerNorm, CompressedLinear, FusedGELU, SeededDropout, compressed_conv1d_class,
-                      compressed_linear, conv1d_class)
+from .modules import CompressedLayerNorm, CompressedLinear, FusedGELU, SeededDropout, compressed_conv1d_class, conv1d_class
 
-__all__ = ["compress_activations", "register_attention_switch", "SeededDropout", "FusedGELU", "CompressedLinear", "CompressedLayerNorm",
-           "compressed_linear", "MODES"]
+__all__ = ["compress_activations", "register_attention_switch", "SeededDropout", "FusedGELU", "CompressedLinear", "CompressedLayerNorm"]
 
 #: Transformers' GELU module classes (by name, so Transformers stays optional) -> approximation
 _HF_GELUS = {"GELUActivation": "none", "NewGELUActivation": "tanh", "GELUTanh": "tanh", "PytorchGELUTanh": "tanh"}
