@@ -9,7 +9,8 @@ import torch
 from softmax_approx.harness.build import apply_activations
 from softmax_approx.models.classifier import TransformerClassifier
 from softmax_approx.nn.compress import CompressedLinear, FusedGELU, SeededDropout
-from softmax_approx.plan.definitions import Setting, parse_policies, resolve
+from softmax_approx.plan.definitions import Setting
+from softmax_approx.plan.load import parse_policies, resolve
 from softmax_approx.plan.runs import runs_of
 from softmax_approx.report.results import Cell
 from softmax_approx.report.formats import baseline_cell

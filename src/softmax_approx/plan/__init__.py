@@ -8,17 +8,9 @@ tables and the same run keys to find each planned run's results.json. Plain Pyth
     plan = build_plan(load_experiments("smoke"), load_common())
 """
 
-from softmax_approx.plan.definitions import (
-    Claim,
-    Common,
-    Experiment,
-    Metric,
-    Setting,
-    load_common,
-    load_experiments,
-    select,
-)
-from softmax_approx.plan.runs import Plan, RunSpec, build_plan, run_key, runs_of
+from softmax_approx.plan.definitions import Claim, Common, Experiment, Metric, Setting
+from softmax_approx.plan.load import load_common, load_experiments
+from softmax_approx.plan.runs import Plan, RunSpec, build_plan, run_key, runs_of, select
 
 __all__ = [
     "Claim", "Common", "Experiment", "Metric", "Plan", "RunSpec", "Setting", "build_plan",

@@ -13,7 +13,8 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from softmax_approx.plan.definitions import Common, Experiment, Setting, select
+from softmax_approx.plan.definitions import Common, Experiment, Setting
+from softmax_approx.utils.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,23 @@ def runs_of(exp: Experiment, common_overrides: list[str]) -> list[RunSpec]:
         ov += [f"profile={exp.profile}", f"seed={seed}", *common_overrides, *exp.overrides]
         out.append(RunSpec(run_key(task, setting, seed, ov), task, setting, seed, tuple(ov)))
     return out
+
+
+def select(exps: list[Experiment], only: list[str] | None) -> list[Experiment]:
+    """The experiments named in `only` plus those they `use` (transitively), in file order."""
+    if not only:
+        return list(exps)
+    by_name = {e.name: e for e in exps}
+    wanted: set[str] = set()
+    todo = list(only)
+    while todo:
+        name = todo.pop()
+        if name not in by_name:
+            raise ConfigError(f"--only {name}: no such experiment; known: {', '.join(by_name)}")
+        if name not in wanted:
+            wanted.add(name)
+            todo.extend(by_name[name].uses)
+    return [e for e in exps if e.name in wanted]
 
 
 @dataclass
