@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from softmax_approx.report.definitions import build_plan, load_common, load_experiments
+from softmax_approx.plan import build_plan, load_common, load_experiments
 from softmax_approx.utils.run_record import RunRecord, write_results
 
 FAILED = ("sst2", "recompute", 0)  # (task, policy, seed) written as failed

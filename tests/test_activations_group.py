@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from softmax_approx.harness.build import apply_activations
 from softmax_approx.models.classifier import TransformerClassifier
 from softmax_approx.nn.compress import CompressedLinear, FusedGELU, SeededDropout
-from softmax_approx.report.definitions import Setting, parse_policies, resolve
+from softmax_approx.plan.definitions import Setting
+from softmax_approx.plan.load import parse_policies, resolve
+from softmax_approx.plan.runs import runs_of
 from softmax_approx.report.results import Cell
-from softmax_approx.report.tables import _baseline
+from softmax_approx.report.formats import baseline_cell
 
 from conftest import compose_cfg
 
@@ -49,16 +50,16 @@ def test_settings_carry_the_activations_mode_into_runs_and_labels():
     eager, plain, int8, none = exp.settings
     assert none == plain and int8 != plain  # `none` is the default: the same run as plain recompute
     assert int8.label == "recompute + activations=int8" and int8.slug == "recompute-actint8"
-    runs = {r.setting: r for r in exp.runs([])}
+    runs = {r.setting: r for r in runs_of(exp, [])}
     assert "activations=int8" in runs[int8].overrides
     assert not any(o.startswith("activations=") for o in runs[plain].overrides)
     assert runs[int8].key != runs[plain].key
     cells = {("sst2", s): Cell("sst2", s, expected=1) for s in (int8, plain)}  # int8 listed first
-    assert _baseline(cells, "sst2", "recompute") is cells[("sst2", plain)]
+    assert baseline_cell(cells, "sst2", "recompute") is cells[("sst2", plain)]
 
 
 def test_experiment_files_parse():
-    from softmax_approx.report.definitions import load_experiments
+    from softmax_approx.plan import load_experiments
 
     exps = {e.name: e for e in load_experiments("cpu")}
     act = exps["activations"]
@@ -66,4 +67,4 @@ def test_experiment_files_parse():
     assert {s.activations for s in act.settings} == {None, "exact", "int8"}
     assert [s for s in exps["activations_memory"].settings] == act.settings
     assert parse_policies([{"name": "recompute", "activations": "exact"}], "x")[0] == Setting("recompute", (), "exact")
-    OmegaConf.create(act.raw)  # plain YAML data
+    assert act.baseline == "eager" and act.also_paired_with == ["recompute"]  # typed keys

@@ -155,7 +155,7 @@ def test_report_bench_table_shows_the_infer_ratio():
     """report/bench.py: an `infer ×eager` column per length; n/a for records older than it."""
     from fixtures_results import bench_records
     from softmax_approx.report.bench import bench_table
-    from softmax_approx.report.definitions import load_experiments
+    from softmax_approx.plan import load_experiments
 
     exp = next(e for e in load_experiments("smoke") if e.kind == "bench")
     recs = bench_records(exp, seq_lens=(128,))

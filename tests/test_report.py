@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from fixtures_results import results_json, write_fixture_bench, write_fixture_runs
+from softmax_approx.plan import build_plan, run_key
 from softmax_approx.report import (
     Setting,
-    build_plan,
     load_common,
     load_experiments,
     load_results,
@@ -22,7 +22,6 @@ from softmax_approx.report import (
     render_report,
 )
 from softmax_approx.report.__main__ import main as report_main
-from softmax_approx.report.definitions import run_key
 from softmax_approx.report.io import atomic_write, write_text
 from softmax_approx.report.paired import Paired
 from softmax_approx.utils.errors import ConfigError
@@ -358,12 +357,12 @@ def test_render_failure_keeps_previous_table(out, defs, monkeypatch):
     out, _ = out
     render_report(out, exp_dir=defs)
     before = (out / "tables" / "quality.tex").read_text()
-    from softmax_approx.report import tables
+    from softmax_approx.report import table
 
     def boom(self):
         raise RuntimeError("tex renderer crashed")
 
-    monkeypatch.setattr(tables.Table, "to_latex", boom)
+    monkeypatch.setattr(table.Table, "to_latex", boom)
     with pytest.raises(RuntimeError):
         render_report(out, exp_dir=defs)
     assert (out / "tables" / "quality.tex").read_text() == before
@@ -398,7 +397,7 @@ def test_from_wandb_with_fake_api(tmp_path, defs, monkeypatch):
     api = FakeApi(runs)
     records = load_wandb("team/proj", api=api)
     assert api.asked == ["team/proj"]
-    assert [r.status for r in records].count("failed") == 1
+    assert [r.run.status for r in records].count("failed") == 1
     rep = render_report(tmp_path / "wb", records=records, exp_dir=defs)
     rows = {(r["task"], r["setting"]): r for r in read_csv(tmp_path / "wb" / "tables" / "quality.csv")}
     assert float(rows[("sst2", "paper S=5")]["mean"]) == pytest.approx(statistics.mean([82, 84, 86]))
@@ -454,7 +453,7 @@ def test_load_results_marks_unreadable_file_failed(tmp_path):
     d.mkdir(parents=True)
     (d / "results.json").write_text("{not json")
     [rec] = load_results(tmp_path / "runs")
-    assert rec.status == "failed" and "unreadable" in rec.error and rec.key == "k"
+    assert rec.run.status == "failed" and "unreadable" in rec.run.error and rec.key == "k"
 
 
 # ----------------------------------------------------------------------------- paired statistics
@@ -588,7 +587,7 @@ def test_labels_never_overlap_even_in_a_tight_cluster():
 
 def test_tradeoff_figure_has_no_overlapping_labels(out, defs):
     from softmax_approx.report.figures import label_overlaps, plot_tradeoff
-    from softmax_approx.report.tables import tradeoff_points
+    from softmax_approx.report.tradeoff import tradeoff_points
 
     out, _ = out
     rep = render_report(out, exp_dir=defs, write=False)

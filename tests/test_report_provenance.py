@@ -6,6 +6,7 @@ from pathlib import Path
 
 from softmax_approx.report.provenance import provenance_table, run_wall_seconds
 from softmax_approx.report.results import Record
+from softmax_approx.utils.run_record import RunRecord
 
 
 def record(task, status="completed", commit="abcdef1234", dirty=False, start="2026-01-01T10:00:00+00:00",
@@ -13,7 +14,7 @@ def record(task, status="completed", commit="abcdef1234", dirty=False, start="20
     prov = {"git_commit": commit, "git_dirty": dirty, "packages": {"torch": "2.13.0+cpu"},
             "hardware": {"machine": "x86_64", "cpu_count": 2, "torch_threads": 1, "gpus": list(gpus)},
             "started": start, "finished": end}
-    return Record({"task": task, "status": status, "provenance": prov}, Path(f"/runs/{task}/results.json"))
+    return Record(RunRecord(task=task, status=status, provenance=prov), Path(f"/runs/{task}/results.json"))
 
 
 def test_provenance_rows_per_task():
@@ -35,6 +36,6 @@ def test_provenance_rows_per_task():
 
 
 def test_wall_time_unknown_without_times():
-    rec = Record({"task": "sst2", "status": "completed", "provenance": {"started": None}}, None)
+    rec = Record(RunRecord(task="sst2", status="completed", provenance={"started": None}), None)
     assert run_wall_seconds(rec) is None
     assert provenance_table([rec], "cpu").rows[0][2:4] == ["unknown", "unknown"]

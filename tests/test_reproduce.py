@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from softmax_approx import reproduce
-from softmax_approx.report import build_plan, load_common, load_experiments
+from softmax_approx.plan import build_plan, load_common, load_experiments
 from test_report import write_defs
 
 TESTS = Path(__file__).resolve().parent

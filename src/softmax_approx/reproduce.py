@@ -40,7 +40,7 @@ from softmax_approx.utils.extras import require
 
 require("harness")  # first: without the extra, one line naming it instead of an ImportError
 
-from softmax_approx.report.definitions import (
+from softmax_approx.plan import (
     Experiment,
     Plan,
     RunSpec,
@@ -51,6 +51,7 @@ from softmax_approx.report.definitions import (
 )
 from softmax_approx.report.io import write_json
 from softmax_approx.utils.errors import UserError
+from softmax_approx.utils.profiles import profile_names
 from softmax_approx.utils.run_record import RunRecord, read_results, write_results
 
 # The training command; tests point it at a fake train script.
@@ -495,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m softmax_approx.reproduce", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run (or resume) every experiment of a profile, then render")
-    r.add_argument("--profile", required=True, choices=("smoke", "cpu", "paper"))
+    r.add_argument("--profile", required=True, choices=profile_names())
     r.add_argument("--out", required=True, type=Path)
     r.add_argument("--data-dir", type=Path, help="datasets (default: $SOFTMAX_APPROX_DATA, else the user's data cache)")
     r.add_argument("--only", action="append", help="only this experiment (+ those it uses); repeatable")

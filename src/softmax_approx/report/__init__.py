@@ -13,13 +13,8 @@ from softmax_approx.utils.extras import require
 
 require("harness", "softmax_approx.report")
 
-from softmax_approx.report.definitions import (
-    Experiment,
-    Setting,
-    build_plan,
-    load_common,
-    load_experiments,
-)
+from softmax_approx.plan import Experiment, Setting, load_common, load_experiments
+from softmax_approx.report.fidelity import fidelity_layers
 from softmax_approx.report.figures import (
     plot_fidelity,
     plot_fidelity_layers,
@@ -29,7 +24,8 @@ from softmax_approx.report.figures import (
 from softmax_approx.report.paired import Paired, paired
 from softmax_approx.report.render import Report, render_report
 from softmax_approx.report.results import Cell, Record, Stats, aggregate, load_results, stats
-from softmax_approx.report.tables import Table, fidelity_layers, tradeoff_points
+from softmax_approx.report.table import Table
+from softmax_approx.report.tradeoff import tradeoff_points
 from softmax_approx.report.wandb_source import load_wandb
 
 
@@ -40,7 +36,7 @@ def render_tables(out, **kwargs) -> Report:
 
 __all__ = [
     "Cell", "Experiment", "Paired", "Record", "Report", "Setting", "Stats", "Table", "aggregate",
-    "build_plan", "fidelity_layers", "load_common", "load_experiments", "load_results",
+    "fidelity_layers", "load_common", "load_experiments", "load_results",
     "load_wandb", "plot_fidelity", "plot_fidelity_layers", "plot_tradeoff", "plot_which_policy", "paired", "render_report",
     "render_tables", "stats", "tradeoff_points",
 ]

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from softmax_approx.utils.errors import UserError
+from softmax_approx.utils.profiles import profile_names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, type=Path, help="writes OUT/tables and OUT/figures")
     ap.add_argument("--runs", type=Path, help="where the results.json files are (default OUT/runs)")
     ap.add_argument("--from-wandb", metavar="ENTITY/PROJECT", help="read runs from W&B instead")
-    ap.add_argument("--profile", choices=("smoke", "cpu", "paper"),
+    ap.add_argument("--profile", choices=profile_names(),
                     help="default: from OUT/reproduce.json or the runs themselves")
     ap.add_argument("--experiments", type=Path, help="definitions directory (default experiments/)")
     ap.add_argument("--only", action="append", help="render only this experiment (repeatable)")
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    n_done = sum(r.status == "completed" for r in rep.records)
+    n_done = sum(r.run.status == "completed" for r in rep.records)
     print(f"report [{rep.profile}]: {len(rep.records)} runs ({n_done} completed) -> "
           f"{len(rep.files)} files under {args.out}")
     return 0

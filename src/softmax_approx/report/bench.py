@@ -13,8 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from softmax_approx.report.definitions import Experiment, Setting
-from softmax_approx.report.tables import Table
+from softmax_approx.plan import Experiment, Setting
+from softmax_approx.report.table import Table
 
 
 def load_bench(out: Path, exp: Experiment) -> tuple[str, list[dict[str, Any]], str]:
@@ -86,11 +86,12 @@ def bench_table(exp: Experiment, status: str, records: list[dict[str, Any]], sou
                  [dict(r, experiment=exp.name, profile=exp.profile) for r in records])
 
 
-def matching(records: list[dict[str, Any]], filt: dict[str, Any]) -> list[dict[str, Any]]:
-    """Records of the filter's `policy` (and `params`, a subset match; no policy: all)."""
-    if not filt.get("policy"):
+def matching(records: list[dict[str, Any]], policy: str | None,
+             params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Records of `policy` (and `params`, a subset match; no policy: all)."""
+    if not policy:
         return list(records)
-    want = Setting(str(filt["policy"]), tuple(sorted((filt.get("params") or {}).items())))
+    want = Setting(policy, tuple(sorted((params or {}).items())))
     return [r for r in records if _match(r, want)]
 
 

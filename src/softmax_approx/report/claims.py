@@ -16,22 +16,22 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from softmax_approx.report.definitions import Experiment, Setting
+from softmax_approx.plan import Claim, Experiment, Setting
+from softmax_approx.report.formats import Cells, baseline_cell, mem_stats, reduction_pct
 from softmax_approx.report.paired import Paired
-from softmax_approx.report.results import Cell
-from softmax_approx.report.tables import Table, _baseline, mem_stats, quality_cells, reduction_pct
-
-Cells = dict[tuple[str, Setting], Cell]
+from softmax_approx.report.quality import quality_cells
+from softmax_approx.report.table import Table
 
 DEFINITION_LABELS = {"softmax_state": "softmax state (n×n)", "module": "whole attention module"}
 TRAINING_METRICS = {"softmax_state": "softmax_state_bytes", "module": "attention_bytes"}
 BENCH_METRICS = {"softmax_state": "reduction_vs_eager", "module": "module_reduction_vs_eager"}
 
 
-def _wanted(setting: Setting, claim: dict[str, Any]) -> bool:
-    if claim.get("policy") and setting.policy != claim["policy"]:
+def _wanted(setting: Setting, policy: str | None, params: dict[str, Any]) -> bool:
+    """Whether `setting` is of `policy` (any policy when None) with `params` among its own."""
+    if policy and setting.policy != policy:
         return False
-    return Setting(setting.policy, tuple(sorted((claim.get("params") or {}).items()))).matches(
+    return Setting(setting.policy, tuple(sorted(params.items()))).matches(
         setting.policy, setting.params_dict)
 
 
@@ -39,21 +39,21 @@ def _ratio(red: float) -> str:
     return f"{1 / (1 - red / 100):.2f}×" if red < 100 else "∞×"
 
 
-def _seeds(cells: Cells, filt: dict[str, Any]) -> str:
+def _seeds(cells: Cells, claim: Claim) -> str:
     ns = sorted({len(c.completed) for (_, s), c in cells.items()
-                 if _wanted(s, filt) and c.status == "completed"})
+                 if _wanted(s, claim.policy, claim.params) and c.status == "completed"})
     return "n=" + "/".join(map(str, ns)) + " seeds" if ns else "no completed run"
 
 
 # ----------------------------------------------------------------------------- memory
-def memory_points(cells: Cells, policy_filter: dict[str, Any], metric: str,
+def memory_points(cells: Cells, policy: str | None, params: dict[str, Any], metric: str,
                   baseline: str = "eager") -> list[tuple[float, str, str]]:
-    """(reduction %, task, setting) of every completed cell matching the filter."""
+    """(reduction %, task, setting) of every completed cell of `policy` with `params`."""
     pts = []
     for (task, setting), cell in cells.items():
-        if not _wanted(setting, policy_filter) or cell.status != "completed":
+        if not _wanted(setting, policy, params) or cell.status != "completed":
             continue
-        base = _baseline(cells, task, baseline)
+        base = baseline_cell(cells, task, baseline)
         if base is None or base.status != "completed":
             continue
         red = reduction_pct(mem_stats(cell, metric).mean, mem_stats(base, metric).mean)
@@ -62,12 +62,12 @@ def memory_points(cells: Cells, policy_filter: dict[str, Any], metric: str,
     return pts
 
 
-def bench_points(records: list[dict[str, Any]], policy_filter: dict[str, Any], metric: str,
-                 longest_only: bool = True) -> list[tuple[float, str, str]]:
+def bench_points(records: list[dict[str, Any]], policy: str | None, params: dict[str, Any],
+                 metric: str, longest_only: bool = True) -> list[tuple[float, str, str]]:
     """(reduction %, `n=<len> <logits>`, setting) of the benchmark records, longest n only."""
     from softmax_approx.report.bench import matching
 
-    recs = matching(records, policy_filter)
+    recs = matching(records, policy, params)
     if longest_only and recs:
         longest = max(int(r.get("seq_len", 0)) for r in records)
         recs = [r for r in recs if int(r.get("seq_len", 0)) == longest]
@@ -79,15 +79,16 @@ def bench_points(records: list[dict[str, Any]], policy_filter: dict[str, Any], m
     return pts
 
 
-def _memory(claim: dict[str, Any], points_of: Any, evidence: str) -> dict[str, Any]:
-    """Both definitions measured; the verdict on `verdict_on`."""
-    thr, tol = float(claim.get("threshold", 0)), float(claim.get("tolerance", 0))
-    basis = str(claim.get("verdict_on", "softmax_state"))
+def _memory(claim: Claim, points_of: Any, evidence: str) -> dict[str, Any]:
+    """Both definitions measured; the verdict on `verdict_on`. `points_of(definition, policy,
+    params)` lists the (reduction %, where, setting) measured for a definition."""
+    thr, tol = claim.threshold, claim.tolerance
+    basis = claim.verdict_on or "softmax_state"
     if basis not in DEFINITION_LABELS:
         return {"measured": f"verdict_on={basis!r} is not one of {', '.join(DEFINITION_LABELS)}"}
     parts, values = [], {}
     for name, label in DEFINITION_LABELS.items():
-        pts = points_of(name, claim)
+        pts = points_of(name, claim.policy, claim.params)
         if pts:
             red, where, setting = max(pts)
             values[name] = red
@@ -96,8 +97,8 @@ def _memory(claim: dict[str, Any], points_of: Any, evidence: str) -> dict[str, A
             values[name] = float("nan")
             parts.append(f"{label}: not measured")
     ctx = []
-    for pol in claim.get("context_policies") or []:
-        red = {n: max(p)[0] for n in DEFINITION_LABELS if (p := points_of(n, {"policy": pol}))}
+    for pol in claim.context_policies:
+        red = {n: max(p)[0] for n in DEFINITION_LABELS if (p := points_of(n, pol, {}))}
         if red:
             ctx.append(f"{pol}: " + " / ".join(f"{red[n]:.1f}%" for n in DEFINITION_LABELS if n in red))
     value = values[basis]
@@ -117,14 +118,14 @@ def _memory(claim: dict[str, Any], points_of: Any, evidence: str) -> dict[str, A
 
 # ----------------------------------------------------------------------------- quality
 def _paired_points(cells: Cells, exp: Experiment | None, kinds: dict[str, str],
-                   claim: dict[str, Any]) -> list[tuple[str, str, Paired]]:
+                   claim: Claim) -> list[tuple[str, str, Paired]]:
     if exp is None:
         return []
     out = []
     for (task, setting), info in quality_cells(cells, exp, kinds).items():
-        if claim.get("task_kind") and info["kind"] != claim["task_kind"]:
+        if claim.task_kind and info["kind"] != claim.task_kind:
             continue
-        if _wanted(setting, claim) and info["paired"].n:
+        if _wanted(setting, claim.policy, claim.params) and info["paired"].n:
             out.append((task, setting.label, info["paired"]))
     return out
 
@@ -181,21 +182,21 @@ def _max_gain(pts: list[tuple[str, str, Paired]], thr: float, tol: float) -> dic
 
 
 # ----------------------------------------------------------------------------- table
-def evaluate(claim: dict[str, Any], cells_by_exp: dict[str, Cells],
+def evaluate(claim: Claim, cells_by_exp: dict[str, Cells],
              exps: dict[str, Experiment], kinds: dict[str, str],
              bench: dict[str, tuple] | None = None) -> dict[str, Any]:
     """Measured numbers, the rule and the verdict for one claim (the profile is the caller's)."""
-    source = claim.get("source", "")
+    source = claim.source
     cells = cells_by_exp.get(source, {})
-    measure = claim.get("measure")
-    out: dict[str, Any] = {"id": claim.get("id"), "claim": claim.get("claim", ""),
+    measure = claim.measure
+    out: dict[str, Any] = {"id": claim.id, "claim": claim.claim,
                            "measured": "not measured", "value": float("nan"), "context": "",
                            "verdict": "not measured", "verdict_other": "", "rule": "",
-                           "verdict_on": "", "why": " ".join(str(claim.get("why", "")).split()),
+                           "verdict_on": "", "why": claim.why,
                            "source": source, "evidence": ""}
     if measure == "max_memory_reduction":
-        def pts(name: str, filt: dict[str, Any]) -> list:
-            return memory_points(cells, filt, TRAINING_METRICS[name])
+        def pts(name: str, policy: str | None, params: dict[str, Any]) -> list:
+            return memory_points(cells, policy, params, TRAINING_METRICS[name])
 
         exp = exps.get(source)
         ev = f"training runs ({source} table, {_seeds(cells, claim)}" + (
@@ -204,8 +205,8 @@ def evaluate(claim: dict[str, Any], cells_by_exp: dict[str, Cells],
     elif measure == "bench_max_reduction":
         status, records, _ = (bench or {}).get(source, ("not run", [], ""))
 
-        def pts(name: str, filt: dict[str, Any]) -> list:
-            return bench_points(records, filt, BENCH_METRICS[name])
+        def pts(name: str, policy: str | None, params: dict[str, Any]) -> list:
+            return bench_points(records, policy, params, BENCH_METRICS[name])
 
         longest = max((int(r.get("seq_len", 0)) for r in records), default=0)
         ev = (f"benchmark, one attention call at its longest n={longest}" if records
@@ -213,24 +214,22 @@ def evaluate(claim: dict[str, Any], cells_by_exp: dict[str, Cells],
         out |= _memory(claim, pts, ev)
     elif measure == "paired_noninferior":
         p = _paired_points(cells, exps.get(source), kinds, claim)
-        out |= _noninferior(p, float(claim.get("margin", 1.0)))
+        out |= _noninferior(p, claim.margin)
         out["evidence"] = f"training runs ({source} table, paired by seed)"
     elif measure == "paired_max_gain":
         p = _paired_points(cells, exps.get(source), kinds, claim)
-        out |= _max_gain(p, float(claim.get("threshold", 0)), float(claim.get("tolerance", 0)))
+        out |= _max_gain(p, claim.threshold, claim.tolerance)
         out["evidence"] = f"training runs ({source} table, paired by seed)"
-    else:
-        out["measured"] = f"unknown measure {measure!r}"
     return out
 
 
 def claims_table(exp: Experiment, cells_by_exp: dict[str, Cells],
                  exps: dict[str, Experiment], kinds: dict[str, str],
                  bench: dict[str, tuple] | None = None) -> Table:
-    evidence_profiles = [str(p) for p in exp.raw.get("evidence_profiles") or ("cpu", "paper")]
+    evidence_profiles = exp.evidence_profiles
     is_evidence = exp.profile in evidence_profiles
     rows, csv_rows = [], []
-    for claim in exp.raw.get("claims") or []:
+    for claim in exp.claims:
         ev = evaluate(claim, cells_by_exp, exps, kinds, bench)
         verdict = ev["verdict"] + (f" ({ev['verdict_other']})" if ev.get("verdict_other") else "")
         evidence = ev["evidence"]
@@ -249,9 +248,8 @@ def claims_table(exp: Experiment, cells_by_exp: dict[str, Cells],
              "whole attention call, q, k, v included). Reductions are 1 - bytes(policy) / "
              "bytes(eager) of the same task or input, ratio in brackets. The verdict in brackets "
              "is what the other definition would give."]
-    notes += [f"Why `{c.get('id')}` judges the {DEFINITION_LABELS.get(str(c.get('verdict_on')), '?')}: "
-              + " ".join(str(c["why"]).split())
-              for c in exp.raw.get("claims") or [] if c.get("why")]
+    notes += [f"Why `{c.id}` judges the {DEFINITION_LABELS.get(str(c.verdict_on), '?')}: " + c.why
+              for c in exp.claims if c.why]
     notes.append("Quality: per-seed differences to eager (same seed, same data order), their "
                  "mean and 95% t-interval (see the quality_paired table); the rule column says "
                  "how an interval is read.")

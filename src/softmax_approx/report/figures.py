@@ -23,10 +23,10 @@ from matplotlib.lines import Line2D
 from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 
-from softmax_approx.report.definitions import Experiment, Setting
+from softmax_approx.plan import Experiment, Setting
+from softmax_approx.report.fidelity import fidelity_of
 from softmax_approx.report.io import save_figure
 from softmax_approx.report.results import Cell, stats
-from softmax_approx.report.tables import fidelity_of
 
 # one marker and colour per policy family, the same in every figure (the report reads results
 # without torch, so not from the policy classes); any other policy gets its own from its name
@@ -303,7 +303,7 @@ def plot_fidelity(exp: Experiment, cells: dict[tuple[str, Setting], Cell],
     """How far each approximation's gradient is from the exact one, against its parameter
     (S, keep_ratio, bits): y = 1 - cosine (log, shared by the panels; lower = closer), one
     line per task, error bars = sample std over seeds; one panel per policy."""
-    axes_of = dict(exp.raw.get("x_axis") or {"paper": "S", "topk": "keep_ratio"})
+    axes_of = dict(exp.x_axis)
     policies = [p for p in axes_of if any(s.policy == p for s in exp.settings)]
     fig = _new_figure((3.8 * max(1, len(policies)), 3.6))
     axs = fig.subplots(1, max(1, len(policies)), squeeze=False, sharey=True)

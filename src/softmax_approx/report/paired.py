@@ -105,8 +105,8 @@ def paired(cell: Cell, base: Cell | None, value: Callable[[Record], Any],
     """Differences `value(policy run) - value(baseline run)` over the seeds both completed."""
     if base is None:
         return Paired((), ())
-    mine = {r.seed: _num(value(r)) for r in cell.completed}
-    theirs = {r.seed: _num(value(r)) for r in base.completed}
+    mine = {r.run.seed: _num(value(r)) for r in cell.completed}
+    theirs = {r.run.seed: _num(value(r)) for r in base.completed}
     seeds = sorted(s for s in mine if s in theirs and s is not None
                    and mine[s] is not None and theirs[s] is not None)
     return Paired(tuple(seeds), tuple((mine[s] - theirs[s]) * scale for s in seeds))  # type: ignore[operator]
@@ -126,5 +126,5 @@ def unpaired_note(cell: Cell, base: Cell | None, p: Paired) -> str:
     """Why fewer pairs than seeds, e.g. `seed 0: eager failed`; empty when all seeds pair."""
     if base is None:
         return ""
-    lost = sorted({r.seed for r in cell.completed} - set(p.seeds), key=lambda s: (s is None, s))
+    lost = sorted({r.run.seed for r in cell.completed} - set(p.seeds), key=lambda s: (s is None, s))
     return ", ".join(f"seed {s}: baseline missing" for s in lost)

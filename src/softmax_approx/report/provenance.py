@@ -1,9 +1,10 @@
-"""Where, when and with which code the runs behind a report ran: the provenance table.
+"""Where, when and with which code the runs behind a report ran: the provenance and runs tables.
 
 A table of numbers is only evidence together with the machine, the code version and the wall
 time that produced it. Every run's results.json records them (``provenance``: git commit and
 whether the tree was dirty, packages, hardware, start and finish times); this table collects
-them per task, so a report that mixes code versions or machines says so.
+them per task, so a report that mixes code versions or machines says so. The runs table lists
+every results.json found, failed ones included: the audit trail of the report.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import datetime as _dt
 from collections import defaultdict
 
+from softmax_approx.plan import Setting
 from softmax_approx.report.results import Record
-from softmax_approx.report.tables import Table
+from softmax_approx.report.table import Table
 
 
 def _time(value) -> _dt.datetime | None:
@@ -24,7 +26,7 @@ def _time(value) -> _dt.datetime | None:
 
 def run_wall_seconds(record: Record) -> float | None:
     """finished - started of one run (evaluation and any waiting included), None if unknown."""
-    prov = record.data.get("provenance") or {}
+    prov = record.run.provenance or {}
     start, end = _time(prov.get("started")), _time(prov.get("finished"))
     return (end - start).total_seconds() if start and end else None
 
@@ -51,15 +53,15 @@ def provenance_table(records: list[Record], profile: str) -> Table:
     versions, machines and the first start / last finish."""
     by_task: dict[str, list[Record]] = defaultdict(list)
     for r in records:
-        if r.status == "completed":
-            by_task[str(r.task)].append(r)
+        if r.run.status == "completed":
+            by_task[str(r.run.task)].append(r)
     header = ["task", "runs", "wall per run (min)", "wall in all (h)", "code (commit: runs)",
               "machine", "first start", "last finish"]
     rows, csv_rows = [], []
     for task in sorted(by_task):
         runs = by_task[task]
         walls = [w for w in map(run_wall_seconds, runs) if w is not None]
-        provs = [r.data.get("provenance") or {} for r in runs]
+        provs = [r.run.provenance or {} for r in runs]
         commits = defaultdict(int)
         for p in provs:
             commits[_commit(p)] += 1
@@ -81,3 +83,23 @@ def provenance_table(records: list[Record], profile: str) -> Table:
              "several commits mean the runs span code versions (see the repository history)."]
     return Table("provenance", "Provenance: machine, code and wall time", profile, header, rows,
                  notes, csv_rows)
+
+
+def runs_table(records: list[Record], profile: str) -> Table:
+    """Every results.json found, whatever its status: the audit trail of the report."""
+    header = ["run", "status", "task", "policy", "seed", "profile", "main metric", "error"]
+    rows, csv_rows = [], []
+    for rec in records:
+        r = rec.run
+        metric = next((f"{k}={v:.4g}" for k in ("test/acc", "test/bleu")
+                       if isinstance(v := r.metrics.get(k), (int, float))), "")
+        label = Setting(r.policy or "?", tuple(sorted(r.policy_params.items()))).label
+        err = (r.error or "")[:120]
+        rows.append([rec.key or str(r.job_id), r.status, str(r.task), label,
+                     str(r.seed), str(r.profile), metric, err])
+        csv_rows.append({"run": rec.key or r.job_id, "path": str(rec.path or ""),
+                         "status": r.status, "task": r.task, "policy": r.policy,
+                         "params": r.policy_params, "seed": r.seed, "profile": r.profile,
+                         "metrics": r.metrics, "memory": r.memory or {}, "error": r.error})
+    notes = ["Every results.json found; only `completed` runs feed the other tables."]
+    return Table("runs", "All runs", profile, header, rows, notes, csv_rows)

@@ -9,22 +9,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from softmax_approx.plan import Common, Experiment, load_common, load_experiments, select
 from softmax_approx.report import bench as bench_mod
-from softmax_approx.report import claims as claims_mod
-from softmax_approx.report import figures, tables
-from softmax_approx.report.provenance import provenance_table
-from softmax_approx.report.definitions import (
-    Experiment,
-    common_overrides,
-    load_common,
-    load_experiments,
-    select,
-)
+from softmax_approx.report.builders import BUILDERS, Inputs
 from softmax_approx.report.io import write_text
+from softmax_approx.report.provenance import provenance_table, runs_table
 from softmax_approx.report.results import Cell, Record, aggregate, load_results
+from softmax_approx.report.table import Table
 from softmax_approx.utils.errors import ConfigError
+from softmax_approx.utils.profiles import profile_names
+from softmax_approx.utils.run_record import FILENAME
 from softmax_approx.utils.task_conf import task_kinds
 
 MANIFEST = "reproduce.json"
@@ -35,7 +30,7 @@ class Report:
     """What was rendered: the tables (objects and files), figures and the cells behind them."""
 
     profile: str
-    tables: dict[str, tables.Table] = field(default_factory=dict)
+    tables: dict[str, Table] = field(default_factory=dict)
     cells: dict[str, dict] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     records: list[Record] = field(default_factory=list)
@@ -54,18 +49,18 @@ def infer_profile(out: Path, records: list[Record], profile: str | None) -> str:
             return str(json.loads(manifest.read_text())["profile"])
         except (ValueError, KeyError):
             pass
-    found = sorted({r.profile for r in records if r.profile})
+    found = sorted({r.run.profile for r in records if r.run.profile})
     if len(found) == 1:
         return found[0]
     if not found:
-        raise ConfigError(f"{out}: no results.json with a profile found; pass --profile "
-                          "(smoke, cpu or paper) or point --runs at the run directories")
+        raise ConfigError(f"{out}: no {FILENAME} with a profile found; pass --profile "
+                          f"({', '.join(profile_names())}) or point --runs at the run directories")
     raise ConfigError(f"{out}: runs of several profiles {found}; pass --profile to pick one")
 
 
 def build_cells(exps: list[Experiment], records: list[Record],
-                common: dict[str, Any]) -> dict[str, dict[tuple, Cell]]:
-    ov = common_overrides(common, exps[0].profile) if exps else []
+                common: Common) -> dict[str, dict[tuple, Cell]]:
+    ov = common.overrides_for(exps[0].profile) if exps else []
     return {e.name: aggregate(records, e, ov) for e in exps if e.tasks and e.settings}
 
 
@@ -83,55 +78,28 @@ def render_report(out: Path | str, runs_dir: Path | str | None = None,
     by_name = {e.name: e for e in all_exps}
     common = load_common(exp_dir)
     # each task's kind from its yaml (conf/task/); _common.yaml's task_kinds may add tasks of your own
-    kinds = {**task_kinds(), **(common.get("task_kinds") or {})}
+    kinds = {**task_kinds(), **common.task_kinds}
     rep = Report(profile, records=records, experiments=by_name, task_kinds=kinds)
     rep.cells = build_cells(all_exps, records, common)
     rep.bench = {e.name: bench_mod.load_bench(out, e) for e in all_exps if e.kind == "bench"}
+    inputs = Inputs(rep.cells, by_name, kinds, rep.bench)
     tdir, fdir = out / "tables", out / "figures"
 
-    def emit(table: tables.Table) -> None:
+    def emit(table: Table) -> None:
         rep.tables[table.name] = table
         if write:
             rep.files.extend(table.write(tdir))
 
     for exp in exps:
-        cells = rep.cells.get(exp.name, {})
-        if exp.kind == "memory":
-            emit(tables.memory_table(exp, cells))
-            by_kind = tables.memory_by_kind_table(exp, cells)
-            if by_kind is not None:
-                emit(by_kind)
-        elif exp.kind == "quality":
-            emit(tables.quality_table(exp, cells, kinds))
-            emit(tables.paired_table(exp, cells, kinds))
-        elif exp.kind == "fidelity":
-            emit(tables.fidelity_table(exp, cells))
-            layers = tables.fidelity_layers(cells)
-            emit(tables.Table(f"{exp.name}_layers", f"{exp.title}: per layer", profile,
-                              ["task", "setting", "seed", "layer", "cosine", "rel_err"],
-                              [[str(r[k]) for k in ("task", "setting", "seed", "layer",
-                                                     "cosine", "rel_err")] for r in layers],
-                              ["One row per task, setting, seed and attention layer."], layers))
-            if write:
-                figures.plot_fidelity(exp, cells, fdir / exp.name)
-                rep.files += [fdir / f"{exp.name}.png", fdir / f"{exp.name}.pdf"]
-        elif exp.kind == "tradeoff":
-            qexp = by_name.get(str(exp.raw.get("uses_metrics_of", "")), exp)
-            points = tables.tradeoff_points(exp, cells, kinds, qexp)
-            emit(tables.tradeoff_table(exp, points))
-            if write:
-                figures.plot_tradeoff(points, fdir / exp.name, exp.title, profile)
-                rep.files += [fdir / f"{exp.name}.png", fdir / f"{exp.name}.pdf"]
-        elif exp.kind == "bench":
-            emit(bench_mod.bench_table(exp, *rep.bench[exp.name]))
-            if write:  # "which policy should I use": memory vs time vs gradient error
-                name = str(exp.raw.get("figure", "which_policy"))
-                figures.plot_which_policy(rep.bench[exp.name][1], fdir / name, profile)
+        built = BUILDERS[exp.kind](exp, inputs)
+        for table in built.tables:
+            emit(table)
+        if write:
+            for name, draw in built.figures.items():
+                draw(fdir / name)
                 rep.files += [fdir / f"{name}.png", fdir / f"{name}.pdf"]
-        elif exp.kind == "claims":
-            emit(claims_mod.claims_table(exp, rep.cells, by_name, kinds, rep.bench))
     emit(provenance_table(records, profile))
-    emit(tables.runs_table(records, profile))
+    emit(runs_table(records, profile))
     if write:
         index = "\n".join(t.to_markdown() for t in rep.tables.values()
                           if not t.name.endswith("_layers"))

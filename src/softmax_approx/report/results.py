@@ -12,17 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from softmax_approx.report.definitions import Experiment, Setting
+from softmax_approx.plan import Experiment, Setting, runs_of
 from softmax_approx.utils.run_record import FILENAME, RunRecord, read_results
 
 STATUS_ORDER = {"completed": 0, "failed": 1, "running": 2}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Record:
-    """One run's results.json (``RunRecord.to_dict()``: every field present) plus where it came from."""
+    """One run's results.json, read by the one reader (``RunRecord``), and the file it came from."""
 
-    data: dict[str, Any]
+    run: RunRecord
     path: Path | None = None  # the results.json file (None for W&B runs)
 
     @property
@@ -30,54 +30,17 @@ class Record:
         """The run-directory name, which `reproduce` makes the run's identity."""
         return self.path.parent.name if self.path else None
 
-    @property
-    def status(self) -> str:
-        return str(self.data.get("status", "unknown"))
-
-    @property
-    def task(self) -> str | None:
-        return self.data.get("task")
-
-    @property
-    def policy(self) -> str | None:
-        return self.data.get("policy")
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return dict(self.data.get("policy_params") or {})
-
-    @property
-    def seed(self) -> int | None:
-        s = self.data.get("seed")
-        return int(s) if s is not None else None
-
-    @property
-    def profile(self) -> str | None:
-        return self.data.get("profile")
-
-    @property
-    def metrics(self) -> dict[str, Any]:
-        return dict(self.data.get("metrics") or {})
-
-    @property
-    def memory(self) -> dict[str, Any]:
-        return dict(self.data.get("memory") or {})
-
-    @property
-    def error(self) -> str | None:
-        return self.data.get("error")
-
 
 def load_results(runs_dir: Path | str) -> list[Record]:
-    """Every `results.json` below `runs_dir` (sorted by path). Unreadable files become failed."""
+    """Every results.json below `runs_dir` (sorted by path). Unreadable files become failed."""
     runs_dir = Path(runs_dir)
     records = []
     for path in sorted(runs_dir.rglob(FILENAME)):
         try:
-            data = read_results(path).to_dict()  # the one reader (utils/run_record.py)
+            run = read_results(path)  # the one reader (utils/run_record.py)
         except (OSError, ValueError) as exc:
-            data = RunRecord(status="failed", error=f"unreadable results.json: {exc}").to_dict()
-        records.append(Record(data, path))
+            run = RunRecord(status="failed", error=f"unreadable {FILENAME}: {exc}")
+        records.append(Record(run, path))
     return records
 
 
@@ -154,9 +117,9 @@ def _num(v: Any) -> float | None:
 
 def _best(cands: list[Record]) -> Record:
     """Completed before failed before anything else; among equals the latest finished."""
-    latest = sorted(cands, key=lambda r: str((r.data.get("provenance") or {}).get("finished") or ""),
+    latest = sorted(cands, key=lambda r: str((r.run.provenance or {}).get("finished") or ""),
                     reverse=True)
-    return min(latest, key=lambda r: STATUS_ORDER.get(r.status, 3))  # min is stable: first wins
+    return min(latest, key=lambda r: STATUS_ORDER.get(r.run.status, 3))  # min is stable: first wins
 
 
 def aggregate(
@@ -175,7 +138,7 @@ def aggregate(
             by_key.setdefault(r.key, []).append(r)
     keys: dict[tuple[str, Setting, int], str] = {}
     if common_overrides is not None:
-        for spec in exp.runs(common_overrides):
+        for spec in runs_of(exp, common_overrides):
             keys[(spec.task, spec.setting, spec.seed)] = spec.key
     planned = set(keys.values())
     loose = [r for r in records if r.key not in planned]
@@ -190,17 +153,17 @@ def aggregate(
                     cands = [
                         r
                         for r in loose
-                        if r.task == task
-                        and r.seed == seed
-                        and setting.matches(r.policy or "", r.params)
-                        and (r.profile in (None, exp.profile))
+                        if r.run.task == task
+                        and r.run.seed == seed
+                        and setting.matches(r.run.policy or "", r.run.policy_params)
+                        and (r.run.profile in (None, exp.profile))
                     ]
                 if not cands:
                     continue
                 best = _best(cands)
-                if best.status == "completed":
+                if best.run.status == "completed":
                     cell.completed.append(best)
-                elif best.status == "failed":
+                elif best.run.status == "failed":
                     cell.failed.append(best)
             cells[(task, setting)] = cell
     return cells

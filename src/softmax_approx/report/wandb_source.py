@@ -29,7 +29,7 @@ def record_from_run(run: Any) -> Record:
     summary = dict(getattr(run, "summary", {}) or {})
     config = dict(getattr(run, "config", {}) or {})
     if isinstance(summary.get("results"), dict):
-        return Record(RunRecord.from_dict(dict(summary["results"]), "W&B summary").to_dict())
+        return Record(RunRecord.from_dict(dict(summary["results"]), "W&B summary"))
     if isinstance(config.get("cfg"), dict):  # train.py logs the resolved config under "cfg"
         config = dict(config["cfg"])
     attention = config.get("attention") or {}
@@ -44,7 +44,7 @@ def record_from_run(run: Any) -> Record:
         elif "/" in k and not k.startswith("_"):
             metrics[k] = v
     task = config.get("task")
-    data = RunRecord(
+    return Record(RunRecord(
         status=STATES.get(str(getattr(run, "state", "")), "running"),
         task=_name(task),
         task_kind=(task or {}).get("kind") if isinstance(task, dict) else None,
@@ -58,8 +58,7 @@ def record_from_run(run: Any) -> Record:
         memory=memory,
         fidelity={"layers": layers} if layers else None,
         config=config,
-    ).to_dict()
-    return Record(data)
+    ))
 
 
 def load_wandb(path: str, api: Any = None) -> list[Record]:
