@@ -29,7 +29,7 @@ from softmax_approx.harness.job import check_checkpoint, finish_wandb, precheck_
 from softmax_approx.harness.recorder import RunRecorder
 from softmax_approx.harness.results import results_path
 from softmax_approx.harness.validation import validate_config
-from softmax_approx.utils.errors import ConfigError, UserError, one_line
+from softmax_approx.utils.errors import ConfigError, UserError
 
 CONFIG_NAME = "eval"
 
