@@ -56,7 +56,15 @@ from softmax_approx.harness.job import (
 from softmax_approx.harness.measure import run_stats
 from softmax_approx.harness.recorder import RunRecorder
 from softmax_approx.harness.results import resolved_config, results_path
-from softmax_approx.harness.resume import belongs_to, check_data, check_tokenizer, decide, last_checkpoint, read_record
+from softmax_approx.harness.resume import (
+    ResumeDecision,
+    belongs_to,
+    check_data,
+    check_tokenizer,
+    decide,
+    last_checkpoint,
+    read_record,
+)
 from softmax_approx.harness import rundir
 from softmax_approx.harness.validation import validate_config
 from softmax_approx.utils.errors import NonFiniteLossError, UserError, one_line
@@ -126,21 +134,8 @@ def _train(cfg: DictConfig) -> tuple[dict, dict]:
         fault_signal(cfg, "setup")
         datamodule = build_datamodule(cfg, "fit")
         signals.check("data setup")
-        # the data's content and the tokenizer are part of the run's identity: checked before resuming
-        fingerprint["data_sha256"] = datamodule.data_sha256()
-        check_data(run_dir, decision, datamodule.data_files(), fingerprint["data_sha256"])
-        fingerprint["tokenizer_sha256"] = getattr(datamodule, "tokenizer_sha256", None)
-        recorder.record.update(tokenizer_sha256=fingerprint["tokenizer_sha256"])
-        check_tokenizer(run_dir, decision, fingerprint["tokenizer_sha256"])
-        if ddp.is_global_zero:
-            rundir.write_fingerprint(run_dir, fingerprint)
-
-        module = build_module(cfg, datamodule)
-        if cfg.get("ckpt_path"):  # another model size or task: one line, not load_state_dict's report
-            check_fits(module, cfg.ckpt_path)
-        trainer, callbacks, loggers = build_trainer(cfg, run_dir, group=sweep)
-        preemption.keep_lightning_out(trainer)
-        trainer.callbacks.append(rundir.FingerprintState(fingerprint))  # in every checkpoint
+        _check_same_data(run_dir, decision, datamodule, fingerprint, recorder.record, writes=ddp.is_global_zero)
+        module, trainer, callbacks, loggers = _build(cfg, datamodule, run_dir, sweep, fingerprint)
         objects.update(datamodule=datamodule, model=module, trainer=trainer, callbacks=callbacks, loggers=loggers)
         recorder.record.params = params = module.param_counts()
         for lg in loggers:
@@ -177,6 +172,32 @@ def _train(cfg: DictConfig) -> tuple[dict, dict]:
     finally:
         finish_wandb(recorder.record.status)
         ddp.end(objects.get("trainer"))
+
+
+def _check_same_data(run_dir: Path, decision: ResumeDecision, datamodule: Any, fingerprint: dict,
+                     record: RunRecord, writes: bool) -> None:
+    """The data's content and the tokenizer are part of the run's identity: checked against an
+    interrupted run's before resuming it (one line naming the file otherwise), then kept in
+    ``fingerprint`` (the directory's file and every checkpoint) and the record."""
+    fingerprint["data_sha256"] = datamodule.data_sha256()
+    check_data(run_dir, decision, datamodule.data_files(), fingerprint["data_sha256"])
+    fingerprint["tokenizer_sha256"] = getattr(datamodule, "tokenizer_sha256", None)
+    record.update(tokenizer_sha256=fingerprint["tokenizer_sha256"])
+    check_tokenizer(run_dir, decision, fingerprint["tokenizer_sha256"])
+    if writes:
+        rundir.write_fingerprint(run_dir, fingerprint)
+
+
+def _build(cfg: DictConfig, datamodule: Any, run_dir: Path, group: str | None,
+           fingerprint: dict) -> tuple[Any, L.Trainer, list, list]:
+    """Model, trainer, its callbacks and loggers; the fingerprint travels in every checkpoint."""
+    module = build_module(cfg, datamodule)
+    if cfg.get("ckpt_path"):  # another model size or task: one line, not load_state_dict's report
+        check_fits(module, cfg.ckpt_path)
+    trainer, callbacks, loggers = build_trainer(cfg, run_dir, group=group)
+    preemption.keep_lightning_out(trainer)
+    trainer.callbacks.append(rundir.FingerprintState(fingerprint))
+    return module, trainer, callbacks, loggers
 
 
 def _existing(path: Path) -> str | None:
