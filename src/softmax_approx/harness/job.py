@@ -1,4 +1,5 @@
-"""Pieces of a job that ``train`` and ``eval`` share: where it runs, the test phase, closing W&B.
+"""Pieces of a job that ``train`` and ``eval`` share: where it runs, the metrics a phase logged,
+the test phase, closing W&B.
 
 Why here: both entry points test a checkpoint the same way and record it in the same fields
 (``test_weights``, ``metrics``, a task's ``results_fields``), so a change to testing is made once.
