@@ -51,7 +51,7 @@ from softmax_approx.report.definitions import (
 )
 from softmax_approx.report.io import write_json
 from softmax_approx.utils.errors import UserError
-from softmax_approx.utils.run_record import FILENAME, RunRecord, RunStatus, failed_record, read_results, write_results
+from softmax_approx.utils.run_record import FILENAME, RunRecord, RunStatus, failed_record, read_results, write_failed
 
 # The training command; tests point it at a fake train script.
 TRAIN_COMMAND: list[str] = [sys.executable, "-m", "softmax_approx.train"]
@@ -196,7 +196,7 @@ def _finish(job: Job, rc: int, note: str = "") -> None:
     record = failed_record(error or note or f"train exited with code {rc} without a completed {FILENAME}: {last}",
                            planned, left, returncode=rc, stderr_tail=tail)
     record.profile = record.profile or _profile_of(spec)
-    write_results(res, record)
+    write_failed(res, record)  # on a full disk: the small record, or one line saying it could not
     job.status, job.error = RunStatus.FAILED, record.error
 
 
