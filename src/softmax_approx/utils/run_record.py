@@ -182,17 +182,18 @@ class RunRecord:
 SMALL_FIELDS = ("task", "policy", "seed", "run_dir", "job_id")
 
 
-def failed_record(error: str, *known: RunRecord | None, small: bool = False, **fields: Any) -> RunRecord:
+def failed_record(error: str, *known: RunRecord | None, small: bool = False, **values: Any) -> RunRecord:
     """The one builder of a ``failed`` record, for every writer of one (train, eval, a sweep job
     stopped before train, ``reproduce`` for a run that died without a record, the full-disk
-    fallback): the fields of the ``known`` records (later ones win, None skipped) and ``fields``,
-    then status ``failed``, the one-line ``error`` and the end time. ``small``: only
-    ``SMALL_FIELDS`` and the start time, with a note (what fits where the full record did not)."""
+    fallback), so they all say the same things the same way: the fields of the ``known`` records
+    (None skipped; a later record is taken whole, its defaults too), then ``values``, then status
+    ``failed``, the one-line ``error`` and the end time. ``small``: only ``SMALL_FIELDS`` and the
+    start time, with a note (what fits where the full record did not)."""
     rec = RunRecord()
     for other in known:
         if other is not None:
             rec.update(**other.to_dict())
-    rec.update(**fields)
+    rec.update(**values)
     if small:
         started = (rec.provenance or {}).get("started")
         rec = RunRecord(**{name: getattr(rec, name) for name in SMALL_FIELDS}, provenance={"started": started})
