@@ -123,7 +123,7 @@ def test_disk_full_leaves_no_temp_file_and_a_failed_record(tmp_path, data_dir, m
 def test_failed_record_that_cannot_be_written_says_so(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(run_record, "write_text", _enospc)
     rec = run_record.RunRecord(status="running").finish("failed", "OSError: boom")
-    assert rundir.write_failed(tmp_path / "missing" / "results.json", rec) is False
+    assert run_record.write_failed(tmp_path / "missing" / "results.json", rec) is False
     assert re.match(r"error: could not record the failure in .*results\.json \(.*\).*OSError: boom",
                     capsys.readouterr().err)
 

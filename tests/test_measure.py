@@ -40,9 +40,10 @@ def test_meter_equals_a_meter_around_the_step_on_the_kept_batch(tmp_path, data_d
         module.step(batch)
     assert mem["attention_bytes"] == ref.report().attention_bytes
     assert mem["softmax_state_bytes"] == ref.report().softmax_state_bytes
-    stats = run_stats(objects["callbacks"], module)
-    assert stats["memory"] is mem and stats["timing"] == _cb(objects, StepTimer).timing()
-    assert stats["timing"]["timed_steps"] >= 1 and stats["params"] == module.param_counts()
+    stats = run_stats(objects["callbacks"])
+    assert stats.memory is mem and stats.timing == _cb(objects, StepTimer).timing()
+    assert stats.timing["timed_steps"] >= 1 and objects["record"]["params"] == module.param_counts()
+    assert objects["record"]["memory"] == mem and objects["record"]["timing"]["timed_steps"] == stats.timing["timed_steps"]
 
 
 def test_a_failed_step_leaves_no_saved_tensor_hooks(tmp_path, data_dir):

@@ -28,11 +28,12 @@ from conftest import TINY, compose_cfg
 from fixtures_data import write_imdb_tgz, write_sst2
 from softmax_approx import train as train_mod
 from softmax_approx.train import train
-from softmax_approx.harness import rundir as rundir_mod
+from softmax_approx.harness import recorder as recorder_mod
 from softmax_approx.harness import sweep as sweep_mod
 from softmax_approx.harness.callbacks import LastCheckpoint, step_seed
 from softmax_approx.utils.errors import ConfigError, NonFiniteLossError
-from softmax_approx.harness.results import load_results, resolved_config, write_json_atomic
+from softmax_approx.harness.results import load_results, resolved_config
+from softmax_approx.utils.run_record import jsonable, write_json_atomic
 from softmax_approx.harness.resume import config_differences, decide, last_checkpoint, wandb_run_id
 from softmax_approx.harness.validation import CONF_DIR
 
@@ -50,8 +51,6 @@ def _ckpt(path: Path) -> dict:
 
 # ------------------------------------------------------------------------------------ 1. resume
 def _config_of(cfg) -> dict:
-    from softmax_approx.harness.results import jsonable
-
     return jsonable(resolved_config(cfg))
 
 
@@ -250,10 +249,12 @@ def test_atomic_write_keeps_the_old_file_on_error(tmp_path, writer):
 
 
 def test_results_written_running_first_and_completed_last(tmp_path, data_dir, monkeypatch):
+    from softmax_approx.utils import run_record
+
     seen = []
-    real = train_mod.write_results
-    monkeypatch.setattr(train_mod, "write_results", lambda p, rec: (seen.append(rec.status), real(p, rec))[1])
-    monkeypatch.setattr(rundir_mod, "write_results", lambda p, rec: (seen.append(rec.status), real(p, rec))[1])
+    real = run_record.write_results
+    monkeypatch.setattr(run_record, "write_results", lambda p, rec: (seen.append(rec.status), real(p, rec))[1])
+    monkeypatch.setattr(recorder_mod, "write_results", run_record.write_results)
     train(compose_cfg([], tmp_path / "a", data_dir))
     assert seen == ["running", "completed"]
     seen.clear()

@@ -9,12 +9,13 @@ import os
 import pytest
 
 from softmax_approx.train import NoBestCheckpoint, train
-from softmax_approx.harness.results import load_results, write_json_atomic
+from softmax_approx.harness.results import load_results
 from softmax_approx.utils.run_record import (
     SCHEMA_VERSION,
     ResultsError,
     RunRecord,
     read_results,
+    write_json_atomic,
     write_results,
 )
 
@@ -65,11 +66,14 @@ def test_reader_fills_missing_fields_and_refuses_newer_or_broken_files(tmp_path)
 def test_sweep_failed_record_without_a_usable_config(tmp_path):
     from omegaconf import OmegaConf
 
-    from softmax_approx.harness.sweep import failed_record
+    from softmax_approx.harness.recorder import RunRecorder
 
-    rec = failed_record(OmegaConf.create({"seed": 0}), tmp_path, "sweep/3", "ConfigError: bad")
+    with pytest.raises(Exception):  # without fallback a broken config is not hidden
+        RunRecorder.for_config(OmegaConf.create({"seed": 0}), tmp_path, "sweep/3")
+    rec = RunRecorder.for_config(OmegaConf.create({"seed": 0}), tmp_path, "sweep/3", fallback=True).fail("ConfigError: bad")
     assert (rec.status, rec.error, rec.job_id, rec.run_dir) == ("failed", "ConfigError: bad", "sweep/3", str(tmp_path))
-    assert rec.provenance["finished"] is not None
+    assert rec.provenance["started"] and rec.provenance["finished"]
+    assert read_results(tmp_path / "results.json") == rec
 
 
 def test_results_schema_and_provenance(make_cfg, tmp_path):

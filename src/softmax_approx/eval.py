@@ -26,9 +26,10 @@ from omegaconf import DictConfig
 from softmax_approx.conf import CONFIG_MODULE, CONFIG_PATH
 from softmax_approx.harness.build import build_datamodule, build_module, build_trainer
 from softmax_approx.harness.job import check_checkpoint, finish_wandb, precheck_overrides, run_info, run_test
-from softmax_approx.harness.results import new_record, results_path, write_results
+from softmax_approx.harness.recorder import RunRecorder
+from softmax_approx.harness.results import results_path
 from softmax_approx.harness.validation import validate_config
-from softmax_approx.utils.errors import ConfigError, UserError, one_line
+from softmax_approx.utils.errors import ConfigError, UserError
 
 CONFIG_NAME = "eval"
 
@@ -40,19 +41,17 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     ckpt = check_checkpoint(cfg.get("ckpt_path"))
     validate_config(cfg)
     run_dir, job_id, group = run_info(cfg)
-    out_path = results_path(run_dir)
-    record = new_record(cfg, run_dir, job_id)
-    record.update(evaluated=str(ckpt))
-    write_results(out_path, record)
+    recorder = RunRecorder.for_config(cfg, run_dir, job_id, evaluated=str(ckpt))
+    recorder.start()
     objects: dict[str, Any] = {"cfg": cfg}
     try:
         datamodule = build_datamodule(cfg, "test")
         module = build_module(cfg, datamodule)
         trainer, callbacks, loggers = build_trainer(cfg, run_dir, group=group, training=False)
         objects.update(datamodule=datamodule, model=module, trainer=trainer, loggers=loggers)
-        record.params = module.param_counts()
+        recorder.record.params = module.param_counts()
         try:
-            metrics = run_test(trainer, module, datamodule, str(ckpt), record)
+            metrics = run_test(trainer, module, datamodule, str(ckpt), recorder.record)
         except RuntimeError as e:
             if "state_dict" not in str(e):
                 raise
@@ -60,17 +59,13 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
                 f"ckpt_path={str(ckpt)!r} does not fit the composed model ({str(e).splitlines()[0]}); give the "
                 "training run's overrides (its .hydra/overrides.yaml: task=, model=, profile=, ...)"
             ) from None
-        record.metrics = dict(sorted(metrics.items()))
-        record.finish("completed")
-        write_results(out_path, record)
-        objects["record"] = record.to_dict()
+        objects["record"] = recorder.finish(metrics).to_dict()
         return metrics, objects
     except BaseException as e:
-        record.finish("failed", one_line(e))
-        write_results(out_path, record)
+        recorder.fail(e)
         raise
     finally:
-        finish_wandb(record.status)
+        finish_wandb(recorder.record.status)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)

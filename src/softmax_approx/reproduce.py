@@ -52,7 +52,7 @@ from softmax_approx.plan import (
 from softmax_approx.report.io import write_json
 from softmax_approx.utils.errors import UserError
 from softmax_approx.utils.profiles import profile_names
-from softmax_approx.utils.run_record import RunRecord, read_results, write_results
+from softmax_approx.utils.run_record import FILENAME, RunRecord, RunStatus, failed_record, read_results, write_failed
 
 # The training command; tests point it at a fake train script.
 TRAIN_COMMAND: list[str] = [sys.executable, "-m", "softmax_approx.train"]
@@ -69,19 +69,20 @@ def _quote(value: str) -> str:
 
 
 def read_status(path: Path) -> str:
-    """`completed`, `failed`, `running` (a crashed or live run) or `missing`."""
+    """The record's ``RunStatus`` (``running``: a crashed or live run), ``failed`` when it is
+    unreadable, or ``missing`` (no file: not a record's status, the plan's)."""
     try:
         return read_results(path).status
     except FileNotFoundError:
         return "missing"
     except (OSError, ValueError):  # ResultsError (unreadable, newer schema) is a ValueError
-        return "failed"
+        return RunStatus.FAILED
 
 
 def find_completed(out: Path, key: str) -> Path | None:
     """A completed results.json of `key` under any experiment directory (owners may change)."""
-    for path in sorted((out / "runs").glob(f"*/{key}/results.json")):
-        if read_status(path) == "completed":
+    for path in sorted((out / "runs").glob(f"*/{key}/{FILENAME}")):
+        if read_status(path) == RunStatus.COMPLETED:
             return path
     return None
 
@@ -124,10 +125,10 @@ def plan_jobs(plan: Plan, out: Path) -> tuple[list[Job], list[Job]]:
         found = find_completed(out, key)
         job = Job(spec, found.parent if found else run_dir, plan.owner[key])
         if found:
-            job.status = "completed"
+            job.status = RunStatus.COMPLETED
             done.append(job)
         else:
-            job.status = read_status(run_dir / "results.json")
+            job.status = read_status(run_dir / FILENAME)
             todo.append(job)
     return todo, done
 
@@ -149,7 +150,7 @@ def _env(jobs: int) -> dict[str, str]:
 
 def _start(job: Job, cmd: list[str], env: dict[str, str], launcher: Any = None) -> None:
     job.run_dir.mkdir(parents=True, exist_ok=True)
-    res = job.run_dir / "results.json"
+    res = job.run_dir / FILENAME
     if res.exists():  # a failed/crashed attempt: keep it beside, never mistake it for this one
         res.replace(job.run_dir / "results.previous.json")
     job.log = open(job.run_dir / LOG_NAME, "w", encoding="utf-8")
@@ -175,28 +176,29 @@ def _finish(job: Job, rc: int, note: str = "") -> None:
     """Settle a finished job's status; write a `failed` results.json if train left none."""
     job.log.close()
     job.seconds = time.monotonic() - job.started
-    res = job.run_dir / "results.json"
+    res = job.run_dir / FILENAME
     status = read_status(res)
-    if status in ("completed", "preempted", "interrupted"):  # stopped by a signal: resumable as it is
+    if status == RunStatus.COMPLETED or status in RunStatus.STOPPED:  # stopped by a signal: resumable as it is
         job.status = status
         return
     tail = _tail(job.run_dir / LOG_NAME)
     last = next((ln.strip() for ln in reversed(tail.splitlines()) if ln.strip()), "")
     spec = job.spec
-    # what train left (a `running` or `failed` record), over what the plan knows of the run
-    record = RunRecord(task=spec.task, policy=spec.setting.policy, policy_params=spec.setting.params_dict,
-                       seed=spec.seed, experiment=job.owner, run_dir=str(job.run_dir), job_id=spec.key, memory={})
-    try:
-        if status != "missing":
-            record.update(**read_results(res).to_dict())
-    except (OSError, ValueError):
-        pass
+    # what the plan knows of the run, under what train left (a `running` or `failed` record)
+    planned = RunRecord(task=spec.task, policy=spec.setting.policy, policy_params=spec.setting.params_dict,
+                        seed=spec.seed, experiment=job.owner, run_dir=str(job.run_dir), job_id=spec.key, memory={})
+    left = None
+    if status != "missing":
+        try:
+            left = read_results(res)
+        except (OSError, ValueError):
+            pass
+    error = left.error if status == RunStatus.FAILED and left is not None and left.error else None
+    record = failed_record(error or note or f"train exited with code {rc} without a completed {FILENAME}: {last}",
+                           planned, left, returncode=rc, stderr_tail=tail)
     record.profile = record.profile or _profile_of(spec)
-    error = record.error if status == "failed" and record.error else None
-    record.finish("failed", error or note or f"train exited with code {rc} without a completed results.json: {last}")
-    record.update(returncode=rc, stderr_tail=tail)
-    write_results(res, record)
-    job.status, job.error = "failed", record.error
+    write_failed(res, record)  # on a full disk: the small record, or one line saying it could not
+    job.status, job.error = RunStatus.FAILED, record.error
 
 
 def _profile_of(spec: RunSpec) -> str | None:
@@ -221,7 +223,7 @@ def execute(jobs: list[Job], data_dir: str, n_parallel: int = 1, progress: Progr
             job.log.close()
         raise
     if stop.received is not None:
-        raise Stopped(stop.received, [j for j in jobs if j.status in ("preempted", "interrupted")])
+        raise Stopped(stop.received, [j for j in jobs if j.status in RunStatus.STOPPED])
 
 
 class Stopped(Exception):
@@ -339,7 +341,7 @@ def run_bench(exp: Experiment, out: Path, stream: Any, run_timeout: float = 0) -
     path = bench_path(out, exp)
     if path.exists():
         print(f"bench     {path.name}: exists, skipped", file=stream, flush=True)
-        return "completed"
+        return RunStatus.COMPLETED
     path.parent.mkdir(parents=True, exist_ok=True)
     failed = path.with_suffix(".failed.json")
     log = path.with_suffix(".log")
@@ -361,9 +363,9 @@ def run_bench(exp: Experiment, out: Path, stream: Any, run_timeout: float = 0) -
     else:
         tail = _tail(log)
         last = next((ln.strip() for ln in reversed(tail.splitlines()) if ln.strip()), "")
-        write_json(failed, {"status": "failed", "returncode": rc, "command": cmd,
+        write_json(failed, {"status": RunStatus.FAILED, "returncode": rc, "command": cmd,
                             "error": f"bench exited with code {rc}: {last}", "stderr_tail": tail})
-    status = "completed" if ok else "failed"
+    status = RunStatus.COMPLETED if ok else RunStatus.FAILED
     print(f"bench     {path.name}: {status} ({time.monotonic() - t0:.1f} s)", file=stream, flush=True)
     return status
 
@@ -421,7 +423,7 @@ def run(profile: str, out: Path | str, data_dir: Path | str, only: list[str] | N
           + f" -> {out}", file=stream, flush=True)
     if dry_run:
         for exp in benches:
-            state = "completed" if bench_path(out, exp).exists() else "missing"
+            state = RunStatus.COMPLETED if bench_path(out, exp).exists() else "missing"
             print(f"  {state:<9} bench/{exp.bench_key()}  python -m softmax_approx.bench "
                   + " ".join(exp.bench_command()), file=stream)
         for job in done + todo + deferred:
@@ -468,7 +470,7 @@ def _run_locked(out: Path, profile: str, data_dir: Path | str, only: list[str] |
         return 2
     all_jobs = done + todo + deferred
     _manifest(out, profile, str(data_dir), only, all_jobs, started)
-    bench_failed = [e.name for e in benches if run_bench(e, out, stream, run_timeout) != "completed"]
+    bench_failed = [e.name for e in benches if run_bench(e, out, stream, run_timeout) != RunStatus.COMPLETED]
     progress = Progress(len(todo), stream)
     try:
         execute(todo, str(Path(data_dir).resolve()), jobs, progress, train_command, run_timeout, engine)
@@ -477,7 +479,7 @@ def _run_locked(out: Path, profile: str, data_dir: Path | str, only: list[str] |
         return e.exit_code
     finally:
         _manifest(out, profile, str(data_dir), only, all_jobs, started)
-    failed = [j for j in todo if j.status != "completed"]
+    failed = [j for j in todo if j.status != RunStatus.COMPLETED]
     if deferred:
         print(f"reproduce: {len(deferred)} runs of other tasks not started (--task); rerun without "
               "--task to finish the plan", file=stream, flush=True)

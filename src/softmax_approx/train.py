@@ -38,7 +38,7 @@ from softmax_approx.harness import sweep as sweep_summary
 from softmax_approx.harness.build import build_datamodule, build_module, build_trainer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from softmax_approx.harness.callbacks import LastCheckpoint, NonFiniteGradientError, NonFiniteGradients, fault_signal
+from softmax_approx.harness.callbacks import NonFiniteGradientError, fault_signal
 from softmax_approx.harness import preemption
 from softmax_approx.harness.preemption import EXIT_PREEMPTED, Preempted, requeue_slurm
 from softmax_approx.harness.run_lock import RunLock, is_launching_rank
@@ -47,19 +47,28 @@ from softmax_approx.harness.job import (
     check_checkpoint,
     check_fits,
     finish_wandb,
-    float_metrics,
     is_multirun,
+    logged_metrics,
     precheck_overrides,
     run_info,
     run_test,
 )
 from softmax_approx.harness.measure import run_stats
-from softmax_approx.harness.results import jsonable, new_record, resolved_config, results_path, write_results
-from softmax_approx.harness.resume import belongs_to, check_data, check_tokenizer, decide, last_checkpoint, read_record
+from softmax_approx.harness.recorder import RunRecorder
+from softmax_approx.harness.results import resolved_config, results_path
+from softmax_approx.harness.resume import (
+    ResumeDecision,
+    belongs_to,
+    check_data,
+    check_tokenizer,
+    decide,
+    last_checkpoint,
+    read_record,
+)
 from softmax_approx.harness import rundir
 from softmax_approx.harness.validation import validate_config
 from softmax_approx.utils.errors import NonFiniteLossError, UserError, one_line
-from softmax_approx.utils.run_record import RunRecord
+from softmax_approx.utils.run_record import RunRecord, RunStatus, float_metrics, jsonable
 
 log = logging.getLogger(__name__)
 
@@ -92,18 +101,18 @@ def _watched_signals(cfg: DictConfig) -> list[str]:
 
 
 def _train(cfg: DictConfig) -> tuple[dict, dict]:
-    """Validate, build, fit, test from the best checkpoint; write results.json.
+    """Validate, build, fit, test from the best checkpoint; results.json through one
+    :class:`RunRecorder` (``running`` at the start, the final status once at the end).
 
     Returns ``(metrics, objects)``. Raises ConfigError/DataError before reading any data.
     """
     validate_config(cfg)
     run_dir, job_id, sweep = run_info(cfg)
-    out_path = results_path(run_dir)
     # Same command, same run dir: skip a completed run, resume an interrupted one (harness/resume.py).
     decision = decide(run_dir, jsonable(resolved_config(cfg)), cfg.get("ckpt_path"))
     if decision.action == "skip":
         rundir.clear_job_error(run_dir)
-        print(f"{out_path}: run already completed; not training again (returning its recorded metrics; "
+        print(f"{results_path(run_dir)}: run already completed; not training again (returning its recorded metrics; "
               "delete the directory or use another hydra.run.dir to retrain)")
         return decision.metrics, {"cfg": cfg, "record": decision.record, "skipped": True}
     if decision.action == "resume":
@@ -111,85 +120,84 @@ def _train(cfg: DictConfig) -> tuple[dict, dict]:
     L.seed_everything(int(cfg.seed), workers=True)
     # DDP: every rank runs this function; only global rank 0 writes results.json (docs/scaleout.md)
     ddp = DistributedJob.start()
-    record = new_record(cfg, run_dir, job_id)
-    record.update(resumed_from=decision.ckpt_path)
+    recorder = RunRecorder.for_config(cfg, run_dir, job_id, writes=ddp.is_global_zero,
+                                      resumed_from=decision.ckpt_path)
     fingerprint = dict(decision.fingerprint or {})
     if ddp.is_global_zero:
         rundir.clear_job_error(run_dir)
         rundir.write_fingerprint(run_dir, {**fingerprint, "data_sha256": decision.previous_data,
                                            "tokenizer_sha256": decision.previous_tokenizer})
-        write_results(out_path, record)
+    recorder.start()
     objects: dict[str, Any] = {"cfg": cfg}
     signals = preemption.active() or preemption.SignalFlag(())
     try:
         fault_signal(cfg, "setup")
         datamodule = build_datamodule(cfg, "fit")
         signals.check("data setup")
-        # the data's content and the tokenizer are part of the run's identity: checked before resuming
-        fingerprint["data_sha256"] = datamodule.data_sha256()
-        check_data(run_dir, decision, datamodule.data_files(), fingerprint["data_sha256"])
-        fingerprint["tokenizer_sha256"] = getattr(datamodule, "tokenizer_sha256", None)
-        record.update(tokenizer_sha256=fingerprint["tokenizer_sha256"])
-        check_tokenizer(run_dir, decision, fingerprint["tokenizer_sha256"])
-        if ddp.is_global_zero:
-            rundir.write_fingerprint(run_dir, fingerprint)
-        module = build_module(cfg, datamodule)
-        if cfg.get("ckpt_path"):  # another model size or task: one line, not load_state_dict's report
-            check_fits(module, cfg.ckpt_path)
-        trainer, callbacks, loggers = build_trainer(cfg, run_dir, group=sweep)
-        preemption.keep_lightning_out(trainer)
-        trainer.callbacks.append(rundir.FingerprintState(fingerprint))  # in every checkpoint
+        _check_same_data(run_dir, decision, datamodule, fingerprint, recorder.record, writes=ddp.is_global_zero)
+        module, trainer, callbacks, loggers = _build(cfg, datamodule, run_dir, sweep, fingerprint)
         objects.update(datamodule=datamodule, model=module, trainer=trainer, callbacks=callbacks, loggers=loggers)
-        record.params = module.param_counts()
+        recorder.record.params = params = module.param_counts()
         for lg in loggers:
-            lg.log_hyperparams({"params/total": record.params["total"], "params/trainable": record.params["trainable"],
-                                "cfg": record.config})
+            lg.log_hyperparams({"params/total": params["total"], "params/trainable": params["trainable"],
+                                "cfg": recorder.record.config})
 
-        metrics: dict[str, float] = {}
+        metrics: dict[str, Any] = {}
         if cfg.get("train"):
             t0 = time.perf_counter()
             trainer.fit(module, datamodule=datamodule, ckpt_path=decision.ckpt_path)
-            train_seconds = time.perf_counter() - t0
-            # A resume that finds training finished (crash during testing) logs nothing new:
-            # the last epoch's metrics come from last.ckpt.
-            for cb in callbacks:
-                if isinstance(cb, LastCheckpoint):
-                    metrics.update(cb.restored_metrics)
-            metrics.update(float_metrics(trainer.callback_metrics))
-            stats = run_stats(callbacks, module)
-            record.update(memory=stats["memory"], fidelity=stats["fidelity"], params=stats["params"],
-                          timing={"train_seconds": train_seconds, **stats["timing"]})
-            for cb in callbacks:
-                if isinstance(cb, NonFiniteGradients):
-                    record.update(nonfinite_grad_steps=len(cb.skipped_steps))
+            recorder.trained(run_stats(callbacks), seconds=time.perf_counter() - t0)
+            metrics.update(logged_metrics(trainer, after_fit=True))
         fault_signal(cfg, "between")
         signals.check("after training", ckpt=_existing(last_checkpoint(run_dir)))
+
         if cfg.get("test"):
-            metrics.update(run_test(trainer, module, datamodule, _test_weights(cfg, trainer), record))
+            metrics.update(run_test(trainer, module, datamodule, _test_weights(cfg, trainer), recorder.record))
         signals.check("testing", ckpt=_existing(last_checkpoint(run_dir)))
-        record.metrics = dict(sorted(metrics.items()))
-        _log_run_figures(loggers, record, step=trainer.global_step)
-        record.finish("completed")
-        if ddp.is_global_zero:
-            write_results(out_path, record)
-        objects["record"] = record.to_dict()
+
+        _log_run_figures(loggers, recorder.record, step=trainer.global_step)
+        objects["record"] = recorder.finish(metrics).to_dict()
         return metrics, objects
     except (Preempted, SIGTERMException) as e:
         # Preemption (harness/preemption.py): last.ckpt holds the step it stopped at; not a failure.
-        record.finish(getattr(e, "status", "preempted"), one_line(e))
+        recorder.stop(e)
         if ddp.is_global_zero:
-            write_results(out_path, record)
             requeue_slurm()
         raise
     except BaseException as e:
-        record.finish("failed", one_line(e))
         if ddp.is_global_zero:
             rundir.remove_temp_files(run_dir)
-            rundir.write_failed(out_path, record)
+        recorder.fail(e)
         raise
     finally:
-        finish_wandb(record.status)
+        finish_wandb(recorder.record.status)
         ddp.end(objects.get("trainer"))
+
+
+def _check_same_data(run_dir: Path, decision: ResumeDecision, datamodule: Any, fingerprint: dict,
+                     record: RunRecord, writes: bool) -> None:
+    """The data's content and the tokenizer are part of the run's identity: checked against an
+    interrupted run's before resuming it (one line naming the file otherwise), then kept in
+    ``fingerprint`` (the directory's file and every checkpoint) and the record."""
+    fingerprint["data_sha256"] = datamodule.data_sha256()
+    check_data(run_dir, decision, datamodule.data_files(), fingerprint["data_sha256"])
+    fingerprint["tokenizer_sha256"] = getattr(datamodule, "tokenizer_sha256", None)
+    record.update(tokenizer_sha256=fingerprint["tokenizer_sha256"])
+    check_tokenizer(run_dir, decision, fingerprint["tokenizer_sha256"])
+    if writes:
+        rundir.write_fingerprint(run_dir, fingerprint)
+
+
+def _build(cfg: DictConfig, datamodule: Any, run_dir: Path, group: str | None,
+           fingerprint: dict) -> tuple[Any, L.Trainer, list, list]:
+    """Model, trainer, its callbacks and loggers; the fingerprint travels in every checkpoint."""
+    module = build_module(cfg, datamodule)
+    if cfg.get("ckpt_path"):  # another model size or task: one line, not load_state_dict's report
+        check_fits(module, cfg.ckpt_path)
+    trainer, callbacks, loggers = build_trainer(cfg, run_dir, group=group)
+    preemption.keep_lightning_out(trainer)
+    trainer.callbacks.append(rundir.FingerprintState(fingerprint))
+    return module, trainer, callbacks, loggers
 
 
 def _existing(path: Path) -> str | None:
@@ -217,12 +225,8 @@ def _test_weights(cfg: DictConfig, trainer: L.Trainer) -> str | None:
 def _log_run_figures(loggers: list, record: RunRecord, step: int) -> None:
     """Send the per-run memory and timing figures to every logger (W&B, CSV), so tables read
     back from W&B (``report --from-wandb``) have them too: ``memory/<name>``, ``timing/<name>``."""
-    figures = {
-        f"{group}/{key}": float(value)
-        for group in ("memory", "timing")
-        for key, value in (getattr(record, group) or {}).items()
-        if isinstance(value, (int, float)) and not isinstance(value, bool)
-    }
+    figures = float_metrics({f"{group}/{key}": value for group in ("memory", "timing")
+                             for key, value in (getattr(record, group) or {}).items()})
     if not figures:
         return
     for lg in loggers:
@@ -277,13 +281,14 @@ def run_job(cfg: DictConfig) -> float | None:
 
 
 def _record_failure(cfg: DictConfig, e: BaseException) -> None:
+    """A multirun job's failure, for the sweep summary and in its results.json (through the one
+    recorder), unless train() already recorded it or the directory holds another run."""
     error = one_line(e)
     print(f"error: job failed, the sweep goes on: {error}", file=sys.stderr)
     run_dir, job_id, _ = run_info(cfg)
     sweep_summary.note_failure(run_dir, error)
-    path = results_path(run_dir)
-    rec = read_record(path)
-    if rec is not None and rec.get("status") == "failed" and rec.get("error") == error:
+    rec = read_record(results_path(run_dir))
+    if rec is not None and rec.get("status") == RunStatus.FAILED and rec.get("error") == error:
         return  # train() recorded it
     try:
         config = jsonable(resolved_config(cfg))
@@ -293,10 +298,7 @@ def _record_failure(cfg: DictConfig, e: BaseException) -> None:
         # the directory holds a completed or another config's run: keep it, say why elsewhere
         rundir.write_job_error(run_dir, error)
         return
-    try:
-        write_results(path, sweep_summary.failed_record(cfg, run_dir, job_id, error))
-    except OSError as e:  # a read-only or full run directory: the sweep summary still says why
-        print(f"error: could not write {path} ({e.strerror or e})", file=sys.stderr)
+    RunRecorder.for_config(cfg, run_dir, job_id, fallback=True).fail(error)
 
 
 def _release_memory() -> None:

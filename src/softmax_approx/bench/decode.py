@@ -100,9 +100,10 @@ def checkpoint_model(path: Path) -> tuple[torch.nn.Module, str]:
     from omegaconf import OmegaConf
 
     from ..harness.instantiate import instantiate_model
+    from ..utils.run_record import FILENAME
 
     run_dir = path.resolve().parent.parent  # <run>/checkpoints/<name>.ckpt
-    record = json.loads((run_dir / "results.json").read_text())
+    record = json.loads((run_dir / FILENAME).read_text())
     state = {k[len("net."):]: v for k, v in torch.load(path, map_location="cpu", weights_only=False)["state_dict"].items()
              if k.startswith("net.")}
     cfg = OmegaConf.create(record["config"])

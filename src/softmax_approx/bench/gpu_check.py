@@ -43,6 +43,7 @@ import torch
 from . import attention as bench
 from ..utils.atomic import write_text
 from ..utils.errors import one_line
+from ..utils.run_record import FILENAME, RunStatus
 
 TASKS = ("sst2", "imdb", "multi30k", "iwslt14_mini")
 TRAIN_POLICIES = ("eager", "paper")
@@ -201,16 +202,16 @@ def run_training(args, task: str, policy: str, out: Path, timeout: float) -> dic
     row["seconds"] = time.monotonic() - start
     row["returncode"] = rc
     try:
-        result = json.loads((run_dir / "results.json").read_text())
+        result = json.loads((run_dir / FILENAME).read_text())
     except (OSError, ValueError):
         result = {}
-    row.update(status=result.get("status", "failed"), error=result.get("error"),
+    row.update(status=result.get("status", RunStatus.FAILED), error=result.get("error"),
                metrics={k: v for k, v in (result.get("metrics") or {}).items() if k.startswith(("test/", "val/"))},
                timing=result.get("timing") or {}, memory=result.get("memory") or {})
     if rc is None:
         row.update(status="timeout", error=f"timed out after {timeout:.0f} s (--train-timeout / --budget-s)")
-    elif rc != 0 or row["status"] != "completed":
-        row["status"] = "failed"
+    elif rc != 0 or row["status"] != RunStatus.COMPLETED:
+        row["status"] = RunStatus.FAILED
         row["error"] = row["error"] or f"train exited with code {rc}: {_tail_line(log)}"
     return row
 
@@ -320,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     run_bench(args, report, save)
     run_trainings(args, report, save, deadline, out)
-    failed = bool(report["bench_errors"]) or any(t["status"] != "completed" for t in report["training"])
+    failed = bool(report["bench_errors"]) or any(t["status"] != RunStatus.COMPLETED for t in report["training"])
     report["status"] = "completed with failures" if failed else "completed"
     save()
     print(f"gpu_check: {report['status']} in {report['seconds']:.0f} s; wrote {out / 'gpu_check.json'} "

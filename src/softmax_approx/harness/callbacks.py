@@ -26,6 +26,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint
 
+from softmax_approx.utils.run_record import float_metrics
+
 log = logging.getLogger(__name__)
 
 LAST_NAME = "last.ckpt"
@@ -74,7 +76,7 @@ class LastCheckpoint(Checkpoint):
 
     def state_dict(self) -> dict[str, Any]:
         trainer = self._trainer
-        return {"callback_metrics": _float_metrics(trainer.callback_metrics) if trainer is not None else {}}
+        return {"callback_metrics": float_metrics(trainer.callback_metrics) if trainer is not None else {}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.restored_metrics = dict(state_dict.get("callback_metrics") or {})
@@ -243,16 +245,6 @@ def _seconds(value: float | str | None) -> float | None:
         parts = [float(p) for p in value.split(":")]
         return sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
     return float(value)
-
-
-def _float_metrics(metrics: dict) -> dict[str, float]:
-    out = {}
-    for k, v in metrics.items():
-        try:
-            out[str(k)] = float(v.item() if hasattr(v, "item") else v)
-        except (TypeError, ValueError):
-            continue
-    return out
 
 
 class StepSeed(L.Callback):

@@ -1,4 +1,5 @@
-"""Pieces of a job that ``train`` and ``eval`` share: where it runs, the test phase, closing W&B.
+"""Pieces of a job that ``train`` and ``eval`` share: where it runs, the metrics a phase logged,
+the test phase, closing W&B.
 
 Why here: both entry points test a checkpoint the same way and record it in the same fields
 (``test_weights``, ``metrics``, a task's ``results_fields``), so a change to testing is made once.
@@ -15,9 +16,10 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from softmax_approx.harness.callbacks import LastCheckpoint
 from softmax_approx.harness.rundir import load_checkpoint
 from softmax_approx.utils.errors import ConfigError
-from softmax_approx.utils.run_record import RunRecord
+from softmax_approx.utils.run_record import RunRecord, RunStatus, float_metrics
 
 
 def is_multirun() -> bool:
@@ -35,8 +37,17 @@ def run_info(cfg: DictConfig) -> tuple[Path, str | None, str | None]:
     return run_dir, job_id, sweep
 
 
-def float_metrics(metrics: dict) -> dict:
-    return {k: (v.item() if hasattr(v, "item") else float(v)) for k, v in metrics.items()}
+def logged_metrics(trainer: L.Trainer, after_fit: bool = False) -> dict[str, float]:
+    """The one place a phase's metrics are read: what the trainer logged, as floats (the one
+    converter, ``utils.run_record.float_metrics``). ``after_fit``: over the last epoch's metrics
+    that last.ckpt restored, for a resume that finds training finished (a crash during testing)
+    and so logs nothing new."""
+    restored: dict[str, float] = {}
+    if after_fit:
+        for cb in trainer.callbacks:
+            if isinstance(cb, LastCheckpoint):
+                restored.update(cb.restored_metrics)
+    return {**restored, **float_metrics(trainer.callback_metrics)}
 
 
 def check_checkpoint(path: Any, key: str = "ckpt_path") -> Path:
@@ -77,7 +88,7 @@ def run_test(trainer: L.Trainer, module: Any, datamodule: Any, ckpt_path: str | 
     record.test_weights = ckpt_path or "current"
     split = str(getattr(datamodule, "test_split", "test") or "test")
     trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
-    metrics = float_metrics(trainer.callback_metrics)
+    metrics = logged_metrics(trainer)
     if callable(getattr(module, "results_fields", None)):
         extra = dict(module.results_fields())
         metrics.update(extra.pop("metrics", {}))
@@ -100,7 +111,7 @@ def finish_wandb(status: str) -> None:
     import wandb
 
     if wandb.run is not None:
-        wandb.finish(exit_code=0 if status == "completed" else 1)
+        wandb.finish(exit_code=0 if status == RunStatus.COMPLETED else 1)
 
 
 def precheck_overrides(argv: list[str], config_module: str, config_name: str) -> None:

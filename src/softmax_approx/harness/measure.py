@@ -7,7 +7,7 @@ only says how many tokens a batch holds and its padded shape (``BaseTask.count_t
 translation's bytes per attention kind). Each callback's figures travel in checkpoints
 (``state_dict``), so a resumed run reports what an uninterrupted one would.
 
-What ends up in results.json (:func:`run_stats`):
+What ends up in results.json (:func:`run_stats`, a :class:`RunStats`):
 
 * ``memory``: bytes saved for backward by one forward+loss, measured with
   ``core.ActivationMeter`` — attention, softmax-state and total activation bytes — plus, on
@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
 import torch
 
 from softmax_approx.core import ActivationMeter
+from softmax_approx.harness.callbacks import NonFiniteGradients
 from softmax_approx.harness.distributed import gather_memory
 from softmax_approx.nn import MultiHeadAttention, use_policy
 
@@ -257,13 +259,26 @@ def measurement_callbacks(cfg: Any) -> list[L.Callback]:
     ]
 
 
-def run_stats(callbacks: list, module: Any) -> dict:
-    """Memory, timing, fidelity and parameter counts for results.json."""
-    found = {type(cb): cb for cb in callbacks}
-    timer, meter, prober = found.get(StepTimer), found.get(MemoryMeter), found.get(GradientProbe)
-    return {
-        "memory": meter.memory if meter else None,
-        "timing": timer.timing() if timer else StepTimer().timing(),
-        "fidelity": prober.fidelity if prober else None,
-        "params": module.param_counts(),
-    }
+@dataclass(frozen=True)
+class RunStats:
+    """What the measurement callbacks recorded in a run, for results.json
+    (``harness.recorder.RunRecorder.trained``): typed, so a field added here is added there."""
+
+    memory: dict | None  # MemoryMeter's record; None without the callback (or before its steps)
+    timing: dict  # StepTimer's figures (None values before any timed step)
+    fidelity: dict | None  # the last GradientProbe result; None when the probe is off
+    nonfinite_grad_steps: int | None  # steps NonFiniteGradients skipped; None without it
+
+
+def run_stats(callbacks: list) -> RunStats:
+    """Memory, timing, fidelity and skipped-step count from a run's callbacks."""
+    def first(kind: type) -> Any:
+        return next((cb for cb in callbacks if isinstance(cb, kind)), None)
+
+    timer, meter, prober, guard = first(StepTimer), first(MemoryMeter), first(GradientProbe), first(NonFiniteGradients)
+    return RunStats(
+        memory=meter.memory if meter else None,
+        timing=timer.timing() if timer else StepTimer().timing(),
+        fidelity=prober.fidelity if prober else None,
+        nonfinite_grad_steps=len(guard.skipped_steps) if guard else None,
+    )

@@ -30,6 +30,8 @@ import subprocess
 import threading
 from typing import Any, Iterable, Iterator
 
+from softmax_approx.utils.run_record import RunStatus
+
 log = logging.getLogger(__name__)
 
 #: Exit code of a preempted run: ``EX_TEMPFAIL`` from sysexits.h ("temporary failure, retry"),
@@ -63,7 +65,7 @@ class Preempted(Exception):
     @property
     def status(self) -> str:
         """results.json status: ``interrupted`` (Ctrl-C) or ``preempted`` (a scheduler)."""
-        return "interrupted" if self.interrupted else "preempted"
+        return RunStatus.INTERRUPTED if self.interrupted else RunStatus.PREEMPTED
 
     @property
     def exit_code(self) -> int:

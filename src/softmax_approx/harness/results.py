@@ -9,16 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from softmax_approx.harness.provenance import provenance
-from softmax_approx.utils.run_record import (  # noqa: F401  (re-exported for the harness)
-    FILENAME,
-    SCHEMA_VERSION,
-    RunRecord,
-    jsonable,
-    now_iso,
-    read_results,
-    write_json_atomic,
-    write_results,
-)
+from softmax_approx.utils.run_record import FILENAME, RunRecord, RunStatus, now_iso, read_results
 
 
 def resolved_config(cfg: DictConfig) -> dict:
@@ -35,7 +26,7 @@ def resolved_config(cfg: DictConfig) -> dict:
 def new_record(cfg: DictConfig, run_dir: str | Path, job_id: str | None) -> RunRecord:
     """The fields known before training, with status ``running``."""
     return RunRecord(
-        status="running",
+        status=RunStatus.RUNNING,
         task=cfg.task.name,
         task_kind=cfg.task.kind,
         policy=cfg.attention.name,

@@ -35,7 +35,7 @@ from typing import Any
 from softmax_approx.harness.callbacks import LAST_NAME
 from softmax_approx.harness.rundir import CKPT_KEY, FINGERPRINT_FILE, config_sha256, load_checkpoint, read_fingerprint
 from softmax_approx.utils.errors import ConfigError
-from softmax_approx.utils.run_record import read_results
+from softmax_approx.utils.run_record import FILENAME, RunStatus, read_results
 
 #: Top-level config keys that may differ between attempts of one run: where files live, how it
 #: is logged, and the fault-injection debugging aid (a run failed on purpose is resumed without).
@@ -142,13 +142,13 @@ def decide(run_dir: str | Path, config: dict, explicit_ckpt: str | None = None) 
     run_dir = Path(run_dir)
     config = json.loads(json.dumps(config, default=str))
     fingerprint = {"config_sha256": config_sha256(location_free(config), IGNORED_KEYS)}
-    record = read_record(run_dir / "results.json")
+    record = read_record(run_dir / FILENAME)
     last = last_checkpoint(run_dir)
     stored = read_fingerprint(run_dir) or {}
     status = (record or {}).get("status", "previous")
     # a directory holds something to protect once it has a completed record or a checkpoint;
     # a run that failed before its first checkpoint may be rerun there with a fixed config
-    if status == "completed" or last.exists():
+    if status == RunStatus.COMPLETED or last.exists():
         diff = config_differences((record or {}).get("config"), config)
         if diff:
             raise _refuse(run_dir, status, ", ".join(diff[:5]) + (f" (+{len(diff) - 5} more)" if len(diff) > 5 else ""))
@@ -156,7 +156,7 @@ def decide(run_dir: str | Path, config: dict, explicit_ckpt: str | None = None) 
             raise _refuse(run_dir, status, f"{FINGERPRINT_FILE} differs")
     previous_tok = stored.get("tokenizer_sha256")
     previous_data = stored.get("data_sha256")
-    if record is not None and record.get("status") == "completed":
+    if record is not None and record.get("status") == RunStatus.COMPLETED:
         return ResumeDecision("skip", record=record, fingerprint=fingerprint)
     ckpt = str(explicit_ckpt) if explicit_ckpt else (str(last) if last.exists() else None)
     if ckpt is None:
@@ -177,11 +177,11 @@ def belongs_to(run_dir: str | Path, config: dict | None) -> bool:
     never over a completed run, nor over another config's record or fingerprint; ``config``
     None (it could not be resolved) owns only an empty directory."""
     run_dir = Path(run_dir)
-    record = read_record(run_dir / "results.json")
+    record = read_record(run_dir / FILENAME)
     stored = read_fingerprint(run_dir)
     if record is None and stored is None:
         return True
-    if config is None or (record is not None and record.get("status") == "completed"):
+    if config is None or (record is not None and record.get("status") == RunStatus.COMPLETED):
         return False
     config = json.loads(json.dumps(config, default=str))
     fingerprint = {"config_sha256": config_sha256(location_free(config), IGNORED_KEYS)}

@@ -1,4 +1,5 @@
-"""A run directory's identity and its last-resort writes (docs/reliability.md, fault table).
+"""A run directory's identity and what a run leaves beside results.json (docs/reliability.md,
+fault table).
 
 Why a separate small file: ``results.json`` is rewritten during a run, so a torn or deleted one
 must not hide which config and data the directory belongs to. ``config_fingerprint`` holds the
@@ -8,25 +9,22 @@ its path) and the tokenizer's sha256; the same fingerprint travels in every chec
 (:class:`FingerprintState`). Both are checked before a run resumes or a failed job writes
 anything into the directory.
 
-Why a fallback writer: on a full disk the atomic writer (temp file + rename) cannot create the
-temp file, so the ``failed`` record is written into the old file's own blocks instead (small and
-not atomic: a torn file reads as "not completed", the safe side), or one line says it could not.
+A ``failed`` results.json, including the full-disk fallback, is written by
+``harness.recorder.RunRecorder.fail`` (``utils.run_record.write_failed``).
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 
 from softmax_approx.utils.errors import ConfigError
-from softmax_approx.utils.run_record import RunRecord, now_iso, write_json_atomic, write_results
+from softmax_approx.utils.run_record import now_iso, write_json_atomic
 
 FINGERPRINT_FILE = "config_fingerprint"
 JOB_ERROR_FILE = "job_error.json"
@@ -118,41 +116,6 @@ def write_job_error(run_dir: str | Path, error: str) -> None:
         write_json_atomic(Path(run_dir) / JOB_ERROR_FILE, {"status": "refused", "error": error, "time": now_iso()})
     except OSError:
         pass
-
-
-def write_failed(path: str | Path, record: RunRecord) -> bool:
-    """Write a ``failed`` record however the disk allows; False (and one stderr line) if not.
-
-    1. the full record, atomically; 2. a small record, atomically; 3. the small record into the
-    existing file's blocks (works on a full disk when it is no longer than the old file)."""
-    path = Path(path)
-    try:
-        write_results(path, record)
-        return True
-    except OSError:
-        pass
-    small = RunRecord(status="failed", error=record.error, task=record.task, policy=record.policy,
-                      seed=record.seed, run_dir=record.run_dir, job_id=record.job_id,
-                      provenance={"started": (record.provenance or {}).get("started"), "finished": now_iso()})
-    small.update(note="small record: the full one could not be written")
-    try:
-        write_results(path, small)
-        return True
-    except OSError:
-        pass
-    text = json.dumps(small.to_dict(), separators=(",", ":"), allow_nan=False) + "\n"
-    try:
-        with open(path, "r+b") as f:
-            f.write(text.encode())
-            f.truncate()
-            f.flush()
-            os.fsync(f.fileno())
-        return True
-    except OSError as e:
-        why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-        print(f"error: could not record the failure in {path} ({why}); its status there is stale "
-              f"(run failed: {record.error})", file=sys.stderr)
-        return False
 
 
 def remove_temp_files(run_dir: str | Path) -> list[Path]:

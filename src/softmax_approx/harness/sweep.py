@@ -30,7 +30,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from softmax_approx.utils.run_record import FILENAME, RunRecord, now_iso, write_json_atomic
+from softmax_approx.utils.run_record import FILENAME, RunStatus, write_json_atomic
 from softmax_approx.harness.resume import read_record
 from softmax_approx.harness.rundir import JOB_ERROR_FILE
 
@@ -46,7 +46,7 @@ class SweepResult:
 
     @property
     def failed(self) -> dict[str, dict]:
-        return {k: v for k, v in self.jobs.items() if v["status"] != "completed"}
+        return {k: v for k, v in self.jobs.items() if v["status"] != RunStatus.COMPLETED}
 
     def lines(self) -> list[str]:
         head = f"sweep {self.sweep_dir}: {len(self.jobs) - len(self.failed)}/{len(self.jobs)} jobs completed"
@@ -104,12 +104,13 @@ def summarize(sweep_dir: str | Path, since: float | None = None) -> SweepResult:
         if refused is not None:
             out.jobs[job.name] = {"status": "refused", "error": refused}
         elif rec is None and job.name in noted:
-            out.jobs[job.name] = {"status": "failed", "error": noted[job.name]}
+            out.jobs[job.name] = {"status": RunStatus.FAILED, "error": noted[job.name]}
         elif rec is None:
             out.jobs[job.name] = {"status": "missing", "error": f"no readable {FILENAME} (the job died without writing one)"}
         else:
             status = str(rec.get("status"))
-            error = rec.get("error") or (None if status == "completed" else "job ended without finishing (status running)")
+            error = rec.get("error") or (None if status == RunStatus.COMPLETED
+                                         else "job ended without finishing (status running)")
             out.jobs[job.name] = {"status": status, "error": error}
     return out
 
@@ -132,15 +133,3 @@ class SweepSummary(Callback):
                            "n_failed": len(result.failed), "jobs": result.jobs})
         for line in result.lines():
             print(line, file=sys.stderr if result.failed else sys.stdout)
-
-
-def failed_record(cfg: DictConfig, run_dir: Path, job_id: str | None, error: str) -> RunRecord:
-    """A ``failed`` results.json for a job that stopped before train() wrote one (a config or
-    data error): the full record when the config allows it, else the fields we can know."""
-    from softmax_approx.harness.results import new_record
-
-    try:
-        record = new_record(cfg, run_dir, job_id)
-    except Exception:  # noqa: BLE001 - the config itself may be what is broken
-        record = RunRecord(run_dir=str(run_dir), job_id=job_id, provenance={"started": now_iso(), "finished": None})
-    return record.finish("failed", error)
