@@ -15,6 +15,7 @@ from collections import defaultdict
 from softmax_approx.plan import Setting
 from softmax_approx.report.results import Record
 from softmax_approx.report.table import Table
+from softmax_approx.utils.run_record import RunStatus
 
 
 def _time(value) -> _dt.datetime | None:
@@ -53,7 +54,7 @@ def provenance_table(records: list[Record], profile: str) -> Table:
     versions, machines and the first start / last finish."""
     by_task: dict[str, list[Record]] = defaultdict(list)
     for r in records:
-        if r.run.status == "completed":
+        if r.run.status == RunStatus.COMPLETED:
             by_task[str(r.run.task)].append(r)
     header = ["task", "runs", "wall per run (min)", "wall in all (h)", "code (commit: runs)",
               "machine", "first start", "last finish"]

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from softmax_approx.plan import Experiment, Setting, runs_of
-from softmax_approx.utils.run_record import FILENAME, RunRecord, read_results
+from softmax_approx.utils.run_record import FILENAME, RunRecord, RunStatus, read_results
 
-STATUS_ORDER = {"completed": 0, "failed": 1, "running": 2}
+STATUS_ORDER = {RunStatus.COMPLETED: 0, RunStatus.FAILED: 1, RunStatus.RUNNING: 2}
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def load_results(runs_dir: Path | str) -> list[Record]:
         try:
             run = read_results(path)  # the one reader (utils/run_record.py)
         except (OSError, ValueError) as exc:
-            run = RunRecord(status="failed", error=f"unreadable {FILENAME}: {exc}")
+            run = RunRecord(status=RunStatus.FAILED, error=f"unreadable {FILENAME}: {exc}")
         records.append(Record(run, path))
     return records
 
@@ -161,9 +161,9 @@ def aggregate(
                 if not cands:
                     continue
                 best = _best(cands)
-                if best.run.status == "completed":
+                if best.run.status == RunStatus.COMPLETED:
                     cell.completed.append(best)
-                elif best.run.status == "failed":
+                elif best.run.status == RunStatus.FAILED:
                     cell.failed.append(best)
             cells[(task, setting)] = cell
     return cells
