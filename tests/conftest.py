@@ -29,6 +29,14 @@ from omegaconf import DictConfig, open_dict  # noqa: E402
 
 import softmax_approx.harness.instantiate  # noqa: E402,F401  (registers ${run_uid:})
 from softmax_approx.harness.validation import CONF_DIR  # noqa: E402
+# Tests are laid out by package (tests/core, tests/harness, ...); a few import helpers from a
+# test module of another folder by its name (module names are unique), so every folder is on
+# the path, as the one flat folder was.
+import sys  # noqa: E402
+
+_TESTS = Path(__file__).resolve().parent
+sys.path[:0] = [str(_TESTS)] + sorted(str(d) for d in _TESTS.iterdir() if d.is_dir() and d.name.isidentifier() and not d.name.startswith("_"))
+
 from fixtures_data import write_imdb_tgz, write_sst2  # noqa: E402
 
 # A few steps of a tiny model on the fixtures: enough to validate, checkpoint and test.

@@ -20,7 +20,7 @@ import pytest
 
 from fixtures_blocked_imports import BLOCKED, run_without
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "softmax_approx"
+SRC = Path(__file__).resolve().parents[2] / "src" / "softmax_approx"
 
 #: lowest first; docs/architecture.md shows the same order
 LAYERS = ["utils", "plan", "core", "nn", "integrations", "models", "data", "tasks", "conf", "harness"]

@@ -315,7 +315,7 @@ def test_task_kinds_come_from_the_task_yamls():
     kinds = task_kinds()
     assert set(kinds) == set(task_names()) >= {"sst2", "imdb", "multi30k", "iwslt14", "iwslt14_mini", "text_classification"}
     for name, kind in kinds.items():
-        assert kind == OmegaConf.load(Path(__file__).parents[1] / "src/softmax_approx/conf/task" / f"{name}.yaml").task.get(
+        assert kind == OmegaConf.load(Path(__file__).parents[2] / "src/softmax_approx/conf/task" / f"{name}.yaml").task.get(
             "kind", kind)  # iwslt14_mini inherits iwslt14's
     assert kinds["iwslt14_mini"] == "translation" and kinds["text_classification"] == "classification"
     assert "text_classification" not in shipped_names()  # nothing to download: your own files

@@ -26,7 +26,7 @@ from fixtures_data import write_sst2
 from softmax_approx.conf import CONFIG_MODULE, CONFIG_NAME
 from softmax_approx.harness.validation import validate_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROGRAMS = ("python -m softmax_approx.train", "softmax-approx-train")
 SOURCES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
            *sorted((ROOT / "src" / "softmax_approx").rglob("*.py")),

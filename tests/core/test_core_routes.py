@@ -1,6 +1,6 @@
 """Routes around `core.attention` that used to give a wrong answer without an error: activation
 checkpointing with dropout, float masks, empty axes, integer inputs, NaN rows under `sdpa`.
-(Second-order gradients: tests/test_core_defects.py.)"""
+(Second-order gradients: tests/core/test_core_defects.py.)"""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 
 import hf_matrix as M  # noqa: E402
 
-# BERT and GPT-2 compile in the default suite in tests/test_integrations_routes.py too
+# BERT and GPT-2 compile in the default suite in tests/integrations/test_integrations_routes.py too
 DEFAULT_COMPILED = {
     ("bert", "paper", 0.1, "none"), ("t5", "recompute", 0.0, "none"), ("llama_gqa", "quant", 0.0, "reentrant"),
 }

@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Written split, so this file does not match itself.
 PATTERNS = ["/wo" + "rk/", "../sha" + "red", "/ro" + "ot/", "/ho" + "me/"]
 # .ci/run may name the sibling data folder CI provides; no other file may.

@@ -24,7 +24,7 @@ from softmax_approx.report import render_report
 from softmax_approx.train import train
 from softmax_approx.utils.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _doc_blocks(lang: str) -> list[str]:

@@ -15,7 +15,7 @@ from softmax_approx.data.translation import TranslationDataModule, moses_detoken
 from softmax_approx.data.readers import read_parallel
 from softmax_approx.utils.errors import DataError
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
 from fixtures_data import parallel_pairs, write_iwslt_prepared, write_multi30k  # noqa: E402
 
 os.environ.setdefault("WANDB_MODE", "disabled")

@@ -1,4 +1,4 @@
-"""Golden tables: the report renders fixture runs to exactly the Markdown kept in tests/golden/.
+"""Golden tables: the report renders fixture runs to exactly the Markdown kept in tests/report/golden/.
 
 Why: a refactor of the report must not change a number, a label, a note or the order of rows; a
 byte comparison with tables rendered before says so at once, where the other report tests check
@@ -6,7 +6,7 @@ chosen values. The memory tables come from the shipped smoke definitions (what `
 PROFILE=smoke` lays out); the whole report.md from the small definitions of test_report.py.
 
 After an intended change of the output, regenerate the files and review their diff:
-    PYTHONPATH=src python tests/test_report_golden.py
+    PYTHONPATH=src python tests/report/test_report_golden.py
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def render_small(tmp: Path) -> dict[str, str]:
 def test_tables_match_the_golden_files(render, tmp_path):
     for name, text in render(tmp_path).items():
         want = (GOLDEN / name).read_text()
-        assert text == want, f"{name} differs from tests/golden/{name}; if intended, regenerate (see the module docstring)"
+        assert text == want, f"{name} differs from tests/report/golden/{name}; if intended, regenerate (see the module docstring)"
 
 
 def test_golden_memory_table_has_every_smoke_row():
@@ -60,9 +60,9 @@ def test_golden_memory_table_has_every_smoke_row():
 if __name__ == "__main__":  # regenerate the golden files
     import tempfile
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     with tempfile.TemporaryDirectory() as tmp:
         for render in (render_smoke, render_small):
             for name, text in render(Path(tmp)).items():
                 (GOLDEN / name).write_text(text)
-                print(f"wrote tests/golden/{name}")
+                print(f"wrote tests/report/golden/{name}")

@@ -17,7 +17,7 @@ from softmax_approx.data.readers import read_glue_sst2, read_imdb, read_parallel
 from softmax_approx.data.translation import TranslationDataModule
 from softmax_approx.utils.errors import DataError
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
 from fixtures_data import write_iwslt_tgz  # noqa: E402
 
 

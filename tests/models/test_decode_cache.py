@@ -23,7 +23,7 @@ from softmax_approx.models.decoding import beam_search, greedy_decode, length_pe
 from softmax_approx.models.translator import Translator
 from softmax_approx.tasks.translation import TranslationTask
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
 from fixtures_data import write_multi30k  # noqa: E402
 
 PAD, BOS, EOS = 0, 1, 2

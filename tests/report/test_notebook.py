@@ -9,7 +9,7 @@ from nbclient import NotebookClient
 
 from fixtures_results import write_fixture_bench, write_fixture_runs
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "analysis.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "analysis.ipynb"
 
 
 def test_notebook_is_stored_without_outputs():

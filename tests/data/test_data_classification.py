@@ -14,7 +14,7 @@ from softmax_approx.data import tokenizer as tokmod
 from softmax_approx.data.classification import ClassificationDataModule
 from softmax_approx.data.readers import read_glue_sst2, read_imdb
 from softmax_approx.utils.errors import DataError
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
 from fixtures_data import imdb_members, write_imdb_tgz, write_imdb_tree, write_sst2
 
 os.environ.setdefault("WANDB_MODE", "disabled")

@@ -16,7 +16,6 @@ from softmax_approx import reproduce
 from softmax_approx.plan import build_plan, load_common, load_experiments
 from test_report import write_defs
 
-TESTS = Path(__file__).resolve().parent
 
 # Imports nothing of the project (so each fake run starts in milliseconds) and writes the
 # fields the report reads, in the results.json schema.

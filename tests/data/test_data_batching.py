@@ -236,7 +236,7 @@ def test_lightning_resume_mid_epoch_continues_with_the_next_unseen_batch(tmp_pat
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).parents[1]))
     from fixtures_data import write_sst2
 
     write_sst2(tmp_path, n_train=46, n_dev=4)  # 40 training rows -> 10 batches per epoch
