@@ -38,7 +38,9 @@ def _finite_weights(module: torch.nn.Module) -> bool:
 
 
 class LastCheckpoint(Checkpoint):
-    """Save ``dirpath/last.ckpt`` at the end of every ``every_n_epochs``-th training epoch.
+    """Save ``dirpath/last.ckpt``: at the end of every ``every_n_epochs``-th training epoch, every
+    ``every_n_train_steps`` optimizer steps or ``train_time_interval``, and at the next optimizer
+    step after a preemption signal (``preempt_signals``; harness/preemption.py).
 
     A :class:`~lightning.pytorch.callbacks.Checkpoint` subclass on purpose: Lightning calls
     checkpoint callbacks last (in their configured order) at epoch end, so when this one runs the

@@ -12,7 +12,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-from softmax_approx.utils.run_record import now_iso  # noqa: F401  (one clock format)
+from softmax_approx.utils.run_record import now_iso  # one clock format
 
 PACKAGES = (
     "softmax-approx", "torch", "lightning", "torchmetrics", "hydra-core", "omegaconf", "wandb",

@@ -15,8 +15,6 @@ from typing import Any, Callable
 
 from softmax_approx.report.results import Cell, Record
 
-LEVEL = 0.95
-
 # Two-sided 95% quantiles t_{0.975, df} of Student's t distribution, df = 1..30 (standard
 # tables, e.g. NIST/SEMATECH e-Handbook 1.3.6.7.2; equal to scipy.stats.t.ppf(0.975, df) to
 # the digits shown). scipy is not a dependency for 30 numbers; larger df use the
