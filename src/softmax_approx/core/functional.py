@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from . import blocked as _blocked
 from . import dropout as _dropout
 from .memory import attention_scope
 from .policies import Policy, Recompute, make_policy, work_dtype
@@ -175,7 +176,7 @@ def attention(
         if not fused and not training:  # inference: PyTorch's softmax, nothing kept
             return _inference(q, k, v, mask, bias, causal, scale)
         if not fused:  # training without gradients (a checkpoint's first pass): nothing kept
-            return _plain(q, k, v, mask, bias, causal, p, scale, seed)
+            return _plain(q, k, v, mask, bias, causal, p, scale, seed, blocked=pol.recomputes)
         return _FusedAttention.apply(q, k, v, mask, bias, seed, causal, p, scale, pol if training else _EVAL_POLICY)
 
 
@@ -211,13 +212,17 @@ def _inference(q, k, v, mask, bias, causal, scale):
     return out
 
 
-def _plain(q, k, v, mask, bias, causal, p, scale, seed):
+def _plain(q, k, v, mask, bias, causal, p, scale, seed, blocked=False):
     """Gradient-free attention in training (``torch.no_grad()``, the first pass of a reentrant
     activation checkpoint): the fused forward's own arithmetic and seeded dropout, keeping
-    nothing, so that pass and its recomputation agree bit for bit."""
+    nothing, so that pass and its recomputation agree bit for bit (``blocked``: the policy's
+    fused forward runs blocked where :func:`.blocked.applies`)."""
     heads = q.shape[-3] if q.dim() >= 3 else 1
     valid = valid_mask(mask, causal, q.shape[-2], k.shape[-2], q.device)
-    scores = _fused_scores(q, k, bias, scale).expand(_score_shape(q, k, mask, bias))
+    shape = _score_shape(q, k, mask, bias)
+    if blocked and _blocked.applies(q, v, shape):
+        return _blocked.forward(q, k, v, valid, bias, seed, p, scale, shape, keep_lse=False)
+    scores = _fused_scores(q, k, bias, scale).expand(shape)
     probs = masked_softmax(scores, valid)[0].to(q.dtype)
     if p > 0:
         probs = _dropout.apply_dropout(probs, seed, p, inplace=True)
@@ -308,6 +313,11 @@ class _FusedAttention(torch.autograd.Function):
         valid = valid_mask(mask, causal, lq, lk, q.device)
         if policy.compress_needs_valid:  # it counts valid entries: -inf bias entries are masked
             valid = _valid_with_bias(valid, bias)
+        ctx.causal, ctx.p, ctx.scale, ctx.policy, ctx.shape = causal, p, scale, policy, shape
+        if policy.recomputes and _blocked.applies(q, v, shape):
+            out, lse = _blocked.forward(q, k, v, valid, bias, seed, p, scale, shape)
+            ctx.save_for_backward(q, k, v, mask, bias, seed, lse)
+            return out
         probs_w, lse = masked_softmax(_fused_scores(q, k, bias, scale).expand(shape), valid)
         probs = probs_w.to(q.dtype)
         del probs_w
@@ -319,7 +329,6 @@ class _FusedAttention(torch.autograd.Function):
             probs = _dropout.apply_dropout(probs, seed, p, inplace=not policy.state_aliases_probs)
         out = probs @ _repeat_kv(v, heads)
         ctx.save_for_backward(q, k, v, mask, bias, seed, *state)
-        ctx.causal, ctx.p, ctx.scale, ctx.policy, ctx.shape = causal, p, scale, policy, shape
         return out
 
     @staticmethod
@@ -330,6 +339,11 @@ class _FusedAttention(torch.autograd.Function):
         shape, heads = ctx.shape, (q.shape[-3] if q.dim() >= 3 else 1)
         wd = work_dtype(q.dtype)
         valid = valid_mask(mask, ctx.causal, q.shape[-2], k.shape[-2], q.device)
+        if ctx.policy.recomputes and _blocked.applies(q, v, shape) and not (
+                bias is not None and ctx.needs_input_grad[4]):
+            grads = _blocked.backward(grad_out, q, k, v, valid, bias, seed, state[0], ctx.p, ctx.scale,
+                                      shape, ctx.needs_input_grad)
+            return (*grads, None, None, None, None, None, None, None)
         if ctx.policy.recomputes:
             scores = _fused_scores(q, k, bias, ctx.scale).to(wd)
             if valid is not None:
