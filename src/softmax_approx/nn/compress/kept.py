@@ -14,6 +14,11 @@ changes in the models' code):
 
 A recipe remembers its tensor's version counter: a tensor changed in place after it was made
 has no valid recipe and is kept as is.
+
+Under torch.compile neither applies (Dynamo cannot set attributes on the tensors it traces):
+every module keeps its own copy of its input in its mode (the same values; int8 copies of one
+tensor are quantized alike, so the gradients are those of eager mode, up to the int8 rounding
+of a GELU output that eager mode recomputes from its kept input instead).
 """
 
 from __future__ import annotations
@@ -79,6 +84,8 @@ def kept(x: torch.Tensor, mode: str) -> Kept:
     ``int8`` request for a tensor some module already keeps whole or as int16 gets that copy)."""
     if mode not in MODES:
         raise ValueError(f"kept mode {mode!r}: choose one of {', '.join(MODES)}")
+    if torch.compiler.is_compiling():  # see the module docstring: no attribute on a traced tensor
+        return Kept(mode, x.dtype, () if mode == "exact" else quantize_rows(x, mode))
     cache = getattr(x, _KEPT, None)
     if cache is not None and cache[0] == x._version:
         for finer in MODES[: MODES.index(mode) + 1]:  # a finer copy already kept: no more bytes
@@ -116,6 +123,8 @@ def replay(ops: tuple[tuple, ...], base: torch.Tensor) -> torch.Tensor:
 
 def recipe_of(x: torch.Tensor) -> Recipe | None:
     """``x``'s recipe, or None (none made, or ``x`` changed in place since)."""
+    if torch.compiler.is_compiling():
+        return None
     r = getattr(x, _RECIPE, None)
     if r is None or r.version != x._version:
         return None
@@ -124,6 +133,8 @@ def recipe_of(x: torch.Tensor) -> Recipe | None:
 
 def attach_recipe(out: torch.Tensor, source: torch.Tensor, op: tuple) -> None:
     """``out = op(source)``: extend ``source``'s recipe (or start one at ``source``)."""
+    if torch.compiler.is_compiling():
+        return
     prev = recipe_of(source)
     base, ops = (prev.base, prev.ops) if prev is not None else (source, ())
     setattr(out, _RECIPE, Recipe(base, ops + (op,), out._version))
