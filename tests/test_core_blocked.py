@@ -13,6 +13,15 @@ from softmax_approx.core import dropout as core_dropout
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The blocked path runs with one intra-op thread only (blocked.applies)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Blocks of a few scores, so every test shape splits into head groups or row blocks."""
@@ -151,9 +160,21 @@ def test_no_grad_pass_equals_the_fused_forward_bit_for_bit(small_blocks):
     assert torch.equal(first, again.detach())
 
 
-def test_blocked_path_is_eager_cpu_only():
+def test_blocked_path_is_eager_cpu_one_thread_only(monkeypatch):
     q = torch.randn(1, 2, 4, 8)
     shape = torch.Size([1, 2, 4, 4])
     assert blocked.applies(q, q, shape)
     assert not blocked.applies(q.to("meta"), q.to("meta"), shape)
     assert not blocked.applies(q, torch.randn(3, 2, 4, 8), shape)  # v broadcasts beyond the scores
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert not blocked.applies(q, q, shape)
+
+
+def test_blocked_forward_is_what_runs(monkeypatch):
+    """The fused recompute call takes the blocked path (so the tests above test it)."""
+    calls = []
+    real = blocked.forward
+    monkeypatch.setattr(blocked, "forward", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    q = torch.randn(1, 2, 6, 8, requires_grad=True)
+    attention(q, q, q, dropout_p=0.1, policy="recompute").sum().backward()
+    assert calls == [1]

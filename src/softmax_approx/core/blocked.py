@@ -16,8 +16,11 @@ blocks, and a matmul of a few rows may round differently from the whole tensor's
 
 The fused function calls :func:`forward` / :func:`backward` when :func:`applies`: CPU tensors
 in eager mode (torch.compile traces the unblocked path, whose seeded draw is one opaque
-custom op; CUDA generators do not split a draw into pieces); a backward that owes a bias
-gradient runs unblocked.
+custom op; CUDA generators do not split a draw into pieces) with one intra-op thread
+(``torch.get_num_threads() == 1``: with more, each of the blocks' many small operations opens
+a parallel region, and on a machine whose cores are busy those synchronisations cost more than
+the allocations saved: measured 10x slower at L=2048 with 2 threads under load); a backward
+that owes a bias gradient runs unblocked.
 """
 
 from __future__ import annotations
@@ -36,10 +39,10 @@ BLOCK_ELEMENTS = 1 << 18
 
 
 def applies(q: torch.Tensor, v: torch.Tensor, shape: torch.Size) -> bool:
-    """Whether the blocked path runs: CPU, eager mode, and an output of the scores' batch
-    shape (v's batch dims broadcast into it). (A backward that owes a bias gradient runs
+    """Whether the blocked path runs: CPU, eager mode, one intra-op thread (see the module
+    docstring), and an output of the scores' batch shape (v's batch dims broadcast into it). (A backward that owes a bias gradient runs
     unblocked: the bias may broadcast over the blocks.)"""
-    if q.device.type != "cpu" or torch.compiler.is_compiling():
+    if q.device.type != "cpu" or torch.compiler.is_compiling() or torch.get_num_threads() != 1:
         return False
     batch, v_batch = tuple(shape[:-2]), tuple(v.shape[:-2])
     if q.dim() >= 3 and v.dim() >= 3 and v_batch[-1] != 1:  # GQA: v's heads repeated to q's
@@ -94,17 +97,6 @@ class _Operands:
         return s
 
 
-def _softmax_(scores: torch.Tensor) -> torch.Tensor:
-    """``masked_softmax`` in place on masked scores: they become the probabilities; returns
-    the per-row log-sum-exp (+inf for an empty row). The same operations, the same values."""
-    row_max = scores.amax(-1, keepdim=True)
-    empty = row_max == float("-inf")
-    row_max = torch.where(empty, torch.zeros_like(row_max), row_max)
-    denom = scores.sub_(row_max).exp_().sum(-1, keepdim=True)
-    scores.div_(torch.where(denom == 0, torch.ones_like(denom), denom))
-    return torch.where(empty, torch.full_like(row_max, float("inf")), row_max + denom.log())
-
-
 def _product(a: torch.Tensor, b: torch.Tensor, wd: torch.dtype) -> torch.Tensor:
     """a @ b for a sum over blocks: in the work dtype for half-precision inputs, so that the
     partial sums are not each rounded to half precision."""
@@ -113,6 +105,8 @@ def _product(a: torch.Tensor, b: torch.Tensor, wd: torch.dtype) -> torch.Tensor:
 
 def forward(q, k, v, valid, bias, seed, p, scale, shape, keep_lse: bool = True):
     """The fused forward's output and (``keep_lse``) per-row log-sum-exp, (*shape[:-2], Lq, 1)."""
+    from .functional import softmax_rows_
+
     ops = _Operands(q, k, v, valid, bias, scale, shape)
     wd = work_dtype(q.dtype)
     stream = UniformStream(seed) if p > 0 else None
@@ -120,7 +114,7 @@ def forward(q, k, v, valid, bias, seed, p, scale, shape, keep_lse: bool = True):
     lse = torch.empty(ops.batch + (ops.lq, 1), dtype=wd) if keep_lse else None
     for idx, hs, rs in ops.blocks():
         s = ops.scores(idx, hs, rs, wd)
-        row_lse = _softmax_(s)
+        row_lse = softmax_rows_(s)
         probs = s.to(q.dtype)
         if p > 0:
             probs = stream.apply_dropout(probs, p, inplace=True)

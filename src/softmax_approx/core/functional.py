@@ -88,6 +88,19 @@ def masked_softmax(scores: torch.Tensor, valid: torch.Tensor | None) -> tuple[to
     return probs, lse
 
 
+def softmax_rows_(scores: torch.Tensor) -> torch.Tensor:
+    """:func:`masked_softmax`'s steps after the masking, in place on scores the caller owns
+    (masked entries already -inf, work dtype): they become the probabilities; returns the
+    per-row log-sum-exp. The same operations as :func:`masked_softmax`, the same values, without
+    its L x L copy."""
+    row_max = scores.amax(-1, keepdim=True)
+    empty = row_max == float("-inf")
+    row_max = torch.where(empty, torch.zeros_like(row_max), row_max)
+    denom = scores.sub_(row_max).exp_().sum(-1, keepdim=True)
+    scores.div_(torch.where(denom == 0, torch.ones_like(denom), denom))
+    return torch.where(empty, torch.full_like(row_max, float("inf")), row_max + denom.log())
+
+
 def _check_inputs(q, k, v, mask, bias, dropout_p) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not t.is_floating_point():
@@ -318,7 +331,15 @@ class _FusedAttention(torch.autograd.Function):
             out, lse = _blocked.forward(q, k, v, valid, bias, seed, p, scale, shape)
             ctx.save_for_backward(q, k, v, mask, bias, seed, lse)
             return out
-        probs_w, lse = masked_softmax(_fused_scores(q, k, bias, scale).expand(shape), valid)
+        scores = _fused_scores(q, k, bias, scale)
+        if scores.shape == shape:  # a tensor of our own: masked and normalised in place
+            probs_w = scores.to(work_dtype(q.dtype))
+            if valid is not None:
+                probs_w.masked_fill_(~valid, float("-inf"))
+            lse = softmax_rows_(probs_w)
+        else:
+            probs_w, lse = masked_softmax(scores.expand(shape), valid)
+        del scores
         probs = probs_w.to(q.dtype)
         del probs_w
         if policy.recomputes:
@@ -345,10 +366,12 @@ class _FusedAttention(torch.autograd.Function):
                                       shape, ctx.needs_input_grad)
             return (*grads, None, None, None, None, None, None, None)
         if ctx.policy.recomputes:
-            scores = _fused_scores(q, k, bias, ctx.scale).to(wd)
+            scores = _fused_scores(q, k, bias, ctx.scale).to(wd)  # a tensor of our own
+            if scores.shape != shape:
+                scores = scores.expand(shape).clone()
             if valid is not None:
-                scores = scores.masked_fill(~valid, float("-inf"))
-            probs = scores.expand(shape).sub(state[0]).exp_()        # empty rows: lse = +inf -> 0
+                scores.masked_fill_(~valid, float("-inf"))
+            probs = scores.sub_(state[0]).exp_()                   # empty rows: lse = +inf -> 0
             del scores
         else:
             if ctx.policy.restore_needs_valid:
