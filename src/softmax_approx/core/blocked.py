@@ -73,9 +73,12 @@ class _Operands:
         self.heads = q.shape[-3] if q.dim() >= 3 else 1
         self.batch = tuple(shape[:-2]) or (1,)
         self.lq, self.lk = shape[-2], shape[-1]
+        # contiguous once (L x D each): the blocks' matmuls then read plain rows, where a
+        # (B, L, H, D) -> (B, H, L, D) transposed input would be gathered block by block
         view = self.view
-        self.q, self.qs = view(q), view(q * scale)   # the fused path's scores: scale on q
-        self.k, self.v = view(_repeat_kv(k, self.heads)), view(_repeat_kv(v, self.heads))
+        self.q, self.qs = view(q.contiguous()), view((q * scale).contiguous())  # scale on q, as unblocked
+        self.k = view(_repeat_kv(k, self.heads).contiguous())
+        self.v = view(_repeat_kv(v, self.heads).contiguous())
         self.valid = None if valid is None else view(valid, (self.lq, self.lk))
         self.bias = None if bias is None else view(bias, (self.lq, self.lk))
 
@@ -137,7 +140,7 @@ def backward(grad_out, q, k, v, valid, bias, seed, lse, p, scale, shape, needs_i
     wd = work_dtype(q.dtype)
     need_q, need_k, need_v = needs_input_grad[:3]
     stream = UniformStream(seed) if p > 0 else None
-    grad_out = ops.view(grad_out.to(q.dtype))
+    grad_out = ops.view(grad_out.to(q.dtype).contiguous())
     lse = ops.view(lse, (ops.lq, 1))
     # dQ is written block by block; dK and dV sum over query blocks, in the work dtype
     grad_q = torch.empty(ops.batch + (ops.lq, q.shape[-1]), dtype=q.dtype) if need_q else None
