@@ -40,8 +40,8 @@ BLOCK_ELEMENTS = 1 << 18
 
 def applies(q: torch.Tensor, v: torch.Tensor, shape: torch.Size) -> bool:
     """Whether the blocked path runs: CPU, eager mode, one intra-op thread (see the module
-    docstring), and an output of the scores' batch shape (v's batch dims broadcast into it). (A backward that owes a bias gradient runs
-    unblocked: the bias may broadcast over the blocks.)"""
+    docstring), and an output of the scores' batch shape (v's batch dims broadcast into it).
+    (A backward that owes a bias gradient runs unblocked: the bias may broadcast over blocks.)"""
     if q.device.type != "cpu" or torch.compiler.is_compiling() or torch.get_num_threads() != 1:
         return False
     batch, v_batch = tuple(shape[:-2]), tuple(v.shape[:-2])
