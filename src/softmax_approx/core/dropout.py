@@ -57,8 +57,35 @@ def keep_scale(seed: torch.Tensor, shape: torch.Size, p: float, device: torch.de
 def apply_dropout(x: torch.Tensor, seed: torch.Tensor, p: float, inplace: bool = False) -> torch.Tensor:
     """x * mask / (1 - p) with the mask of `keep_mask(seed, ...)`; into `x` when `inplace`.
     The product is formed in float32 (float64 for float64 x) and rounded once to x's dtype."""
-    wide = torch.float64 if x.dtype == torch.float64 else torch.float32
-    scale = keep_scale(seed, x.shape, p, x.device, wide)
-    if x.dtype != wide:
+    return _scaled(x, keep_scale(seed, x.shape, p, x.device, _wide(x.dtype)), inplace)
+
+
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _scaled(x: torch.Tensor, scale: torch.Tensor, inplace: bool) -> torch.Tensor:
+    if x.dtype != scale.dtype:
         return scale.mul_(x).to(x.dtype)
     return x.mul_(scale) if inplace else scale.mul_(x)
+
+
+class UniformStream:
+    """The draws of one seed's ``_uniform(seed, shape)`` taken piece by piece: pieces of
+    sizes n1, n2, ... drawn in turn are the first n1, the next n2, ... entries of the whole
+    draw in C order. CPU only (a CUDA generator rounds its offset up at each call, so its
+    pieces would not join into the whole draw); eager mode only (a generator object does not
+    trace; torch.compile uses the whole draw, one custom op)."""
+
+    def __init__(self, seed: torch.Tensor) -> None:
+        self.generator = torch.Generator()
+        self.generator.manual_seed((int(seed[0]) << 31) | int(seed[1]))
+
+    def keep_scale(self, shape: torch.Size, p: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The next piece of :func:`keep_scale`'s values."""
+        u = torch.empty(shape).uniform_(generator=self.generator)  # torch.rand's own draw
+        return u.ge_(p).to(dtype).mul_(1.0 / (1.0 - p))
+
+    def apply_dropout(self, x: torch.Tensor, p: float, inplace: bool = False) -> torch.Tensor:
+        """:func:`apply_dropout` with the next piece of the mask."""
+        return _scaled(x, self.keep_scale(x.shape, p, _wide(x.dtype)), inplace)

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from . import blocked as _blocked
 from . import dropout as _dropout
 from .memory import attention_scope
 from .policies import Policy, Recompute, make_policy, work_dtype
@@ -85,6 +86,19 @@ def masked_softmax(scores: torch.Tensor, valid: torch.Tensor | None) -> tuple[to
     probs = exp.div_(torch.where(denom == 0, torch.ones_like(denom), denom))
     lse = torch.where(empty, torch.full_like(row_max, float("inf")), row_max + denom.log())
     return probs, lse
+
+
+def softmax_rows_(scores: torch.Tensor) -> torch.Tensor:
+    """:func:`masked_softmax`'s steps after the masking, in place on scores the caller owns
+    (masked entries already -inf, work dtype): they become the probabilities; returns the
+    per-row log-sum-exp. The same operations as :func:`masked_softmax`, the same values, without
+    its L x L copy."""
+    row_max = scores.amax(-1, keepdim=True)
+    empty = row_max == float("-inf")
+    row_max = torch.where(empty, torch.zeros_like(row_max), row_max)
+    denom = scores.sub_(row_max).exp_().sum(-1, keepdim=True)
+    scores.div_(torch.where(denom == 0, torch.ones_like(denom), denom))
+    return torch.where(empty, torch.full_like(row_max, float("inf")), row_max + denom.log())
 
 
 def _check_inputs(q, k, v, mask, bias, dropout_p) -> None:
@@ -175,7 +189,7 @@ def attention(
         if not fused and not training:  # inference: PyTorch's softmax, nothing kept
             return _inference(q, k, v, mask, bias, causal, scale)
         if not fused:  # training without gradients (a checkpoint's first pass): nothing kept
-            return _plain(q, k, v, mask, bias, causal, p, scale, seed)
+            return _plain(q, k, v, mask, bias, causal, p, scale, seed, blocked=pol.recomputes)
         return _FusedAttention.apply(q, k, v, mask, bias, seed, causal, p, scale, pol if training else _EVAL_POLICY)
 
 
@@ -211,13 +225,17 @@ def _inference(q, k, v, mask, bias, causal, scale):
     return out
 
 
-def _plain(q, k, v, mask, bias, causal, p, scale, seed):
+def _plain(q, k, v, mask, bias, causal, p, scale, seed, blocked=False):
     """Gradient-free attention in training (``torch.no_grad()``, the first pass of a reentrant
     activation checkpoint): the fused forward's own arithmetic and seeded dropout, keeping
-    nothing, so that pass and its recomputation agree bit for bit."""
+    nothing, so that pass and its recomputation agree bit for bit (``blocked``: the policy's
+    fused forward runs blocked where :func:`.blocked.applies`)."""
     heads = q.shape[-3] if q.dim() >= 3 else 1
     valid = valid_mask(mask, causal, q.shape[-2], k.shape[-2], q.device)
-    scores = _fused_scores(q, k, bias, scale).expand(_score_shape(q, k, mask, bias))
+    shape = _score_shape(q, k, mask, bias)
+    if blocked and _blocked.applies(q, v, shape):
+        return _blocked.forward(q, k, v, valid, bias, seed, p, scale, shape, keep_lse=False)
+    scores = _fused_scores(q, k, bias, scale).expand(shape)
     probs = masked_softmax(scores, valid)[0].to(q.dtype)
     if p > 0:
         probs = _dropout.apply_dropout(probs, seed, p, inplace=True)
@@ -308,7 +326,20 @@ class _FusedAttention(torch.autograd.Function):
         valid = valid_mask(mask, causal, lq, lk, q.device)
         if policy.compress_needs_valid:  # it counts valid entries: -inf bias entries are masked
             valid = _valid_with_bias(valid, bias)
-        probs_w, lse = masked_softmax(_fused_scores(q, k, bias, scale).expand(shape), valid)
+        ctx.causal, ctx.p, ctx.scale, ctx.policy, ctx.shape = causal, p, scale, policy, shape
+        if policy.recomputes and _blocked.applies(q, v, shape):
+            out, lse = _blocked.forward(q, k, v, valid, bias, seed, p, scale, shape)
+            ctx.save_for_backward(q, k, v, mask, bias, seed, lse)
+            return out
+        scores = _fused_scores(q, k, bias, scale)
+        if scores.shape == shape:  # a tensor of our own: masked and normalised in place
+            probs_w = scores.to(work_dtype(q.dtype))
+            if valid is not None:
+                probs_w.masked_fill_(~valid, float("-inf"))
+            lse = softmax_rows_(probs_w)
+        else:
+            probs_w, lse = masked_softmax(scores.expand(shape), valid)
+        del scores
         probs = probs_w.to(q.dtype)
         del probs_w
         if policy.recomputes:
@@ -319,7 +350,6 @@ class _FusedAttention(torch.autograd.Function):
             probs = _dropout.apply_dropout(probs, seed, p, inplace=not policy.state_aliases_probs)
         out = probs @ _repeat_kv(v, heads)
         ctx.save_for_backward(q, k, v, mask, bias, seed, *state)
-        ctx.causal, ctx.p, ctx.scale, ctx.policy, ctx.shape = causal, p, scale, policy, shape
         return out
 
     @staticmethod
@@ -330,11 +360,18 @@ class _FusedAttention(torch.autograd.Function):
         shape, heads = ctx.shape, (q.shape[-3] if q.dim() >= 3 else 1)
         wd = work_dtype(q.dtype)
         valid = valid_mask(mask, ctx.causal, q.shape[-2], k.shape[-2], q.device)
+        if ctx.policy.recomputes and _blocked.applies(q, v, shape) and not (
+                bias is not None and ctx.needs_input_grad[4]):
+            grads = _blocked.backward(grad_out, q, k, v, valid, bias, seed, state[0], ctx.p, ctx.scale,
+                                      shape, ctx.needs_input_grad)
+            return (*grads, None, None, None, None, None, None, None)
         if ctx.policy.recomputes:
-            scores = _fused_scores(q, k, bias, ctx.scale).to(wd)
+            scores = _fused_scores(q, k, bias, ctx.scale).to(wd)  # a tensor of our own
+            if scores.shape != shape:
+                scores = scores.expand(shape).clone()
             if valid is not None:
-                scores = scores.masked_fill(~valid, float("-inf"))
-            probs = scores.expand(shape).sub(state[0]).exp_()        # empty rows: lse = +inf -> 0
+                scores.masked_fill_(~valid, float("-inf"))
+            probs = scores.sub_(state[0]).exp_()                   # empty rows: lse = +inf -> 0
             del scores
         else:
             if ctx.policy.restore_needs_valid:

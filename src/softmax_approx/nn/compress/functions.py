@@ -38,8 +38,11 @@ class SeededDropoutFn(torch.autograd.Function):
 class GeluFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, approximate, spec, *saved):
+        """``saved``: the kept form's tensors, none in exact mode (``h`` is saved itself, not
+        passed twice: torch.compile does not trace a tensor given to two inputs)."""
         ctx.approximate, ctx.spec = approximate, spec
-        ctx.save_for_backward(*saved)
+        ctx.n_inputs_saved = len(saved)
+        ctx.save_for_backward(*(saved or (h,)))
         return torch.nn.functional.gelu(h, approximate=approximate)
 
     @staticmethod
@@ -47,7 +50,7 @@ class GeluFn(torch.autograd.Function):
         saved = ctx.saved_tensors  # read once (non-reentrant checkpointing unpacks each once)
         h = rebuild(ctx.spec, saved)
         grad = torch.ops.aten.gelu_backward(g, h, approximate=ctx.approximate)
-        return (grad, None, None) + (None,) * len(saved)
+        return (grad, None, None) + (None,) * ctx.n_inputs_saved
 
 
 class LinearFn(torch.autograd.Function):

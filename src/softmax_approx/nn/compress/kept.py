@@ -14,6 +14,11 @@ changes in the models' code):
 
 A recipe remembers its tensor's version counter: a tensor changed in place after it was made
 has no valid recipe and is kept as is.
+
+Under torch.compile neither applies (Dynamo cannot set attributes on the tensors it traces):
+every module keeps its own copy of its input in its mode (the same values; int8 copies of one
+tensor are quantized alike, so the gradients are those of eager mode, up to the int8 rounding
+of a GELU output that eager mode recomputes from its kept input instead).
 """
 
 from __future__ import annotations
@@ -37,8 +42,11 @@ def quantize_rows(x: torch.Tensor, mode: str = "int8") -> tuple[torch.Tensor, to
     """(integer values, float32 scale per row): x ~ q * scale, |error| <= scale / 2 per entry,
     scale = max |x| of the row / 127 (int8) or / 32767 (int16)."""
     dtype, top = _INT[mode]
-    scale = x.detach().abs().amax(dim=-1, keepdim=True).float().div_(top).clamp_(min=1e-30)
-    q = (x.detach().float() / scale).round_().clamp_(-top, top).to(dtype)
+    x = x.detach()
+    # max |x| of a row as max(max x, -min x): two reading passes, no |x| copy (3x faster on CPU)
+    amax = torch.maximum(x.amax(dim=-1, keepdim=True), x.amin(dim=-1, keepdim=True).neg_())
+    scale = amax.float().div_(top).clamp_(min=1e-30)
+    q = (x.float() / scale).round_().clamp_(-top, top).to(dtype)
     return q, scale
 
 
@@ -79,6 +87,8 @@ def kept(x: torch.Tensor, mode: str) -> Kept:
     ``int8`` request for a tensor some module already keeps whole or as int16 gets that copy)."""
     if mode not in MODES:
         raise ValueError(f"kept mode {mode!r}: choose one of {', '.join(MODES)}")
+    if torch.compiler.is_compiling():  # see the module docstring: no attribute on a traced tensor
+        return Kept(mode, x.dtype, () if mode == "exact" else quantize_rows(x, mode))
     cache = getattr(x, _KEPT, None)
     if cache is not None and cache[0] == x._version:
         for finer in MODES[: MODES.index(mode) + 1]:  # a finer copy already kept: no more bytes
@@ -116,6 +126,8 @@ def replay(ops: tuple[tuple, ...], base: torch.Tensor) -> torch.Tensor:
 
 def recipe_of(x: torch.Tensor) -> Recipe | None:
     """``x``'s recipe, or None (none made, or ``x`` changed in place since)."""
+    if torch.compiler.is_compiling():
+        return None
     r = getattr(x, _RECIPE, None)
     if r is None or r.version != x._version:
         return None
@@ -124,6 +136,8 @@ def recipe_of(x: torch.Tensor) -> Recipe | None:
 
 def attach_recipe(out: torch.Tensor, source: torch.Tensor, op: tuple) -> None:
     """``out = op(source)``: extend ``source``'s recipe (or start one at ``source``)."""
+    if torch.compiler.is_compiling():
+        return
     prev = recipe_of(source)
     base, ops = (prev.base, prev.ops) if prev is not None else (source, ())
     setattr(out, _RECIPE, Recipe(base, ops + (op,), out._version))

@@ -61,7 +61,7 @@ class FusedGELU(nn.Module):
         if not _records_graph(h):
             return F.gelu(h, approximate=self.approximate)
         form = kept(h, self.mode)
-        out = GeluFn.apply(h, self.approximate, form.spec, *form.saved(h))
+        out = GeluFn.apply(h, self.approximate, form.spec, *form.tensors)  # exact: h itself
         attach_recipe(out, h, ("gelu", self.approximate))
         return out
 
@@ -87,6 +87,12 @@ class CompressedLinear(nn.Linear):
         return compressed_linear(x, self.weight, self.bias, self.compress_mode)
 
 
+_ZERO_WEIGHT_UNDER_COMPILE = (
+    "CompressedLayerNorm: a LayerNorm weight entry is 0, so its input cannot be recovered from its "
+    "output; under torch.compile there is no fallback: compress with layernorm=None"
+)
+
+
 class CompressedLayerNorm(nn.LayerNorm):
     """``nn.LayerNorm`` keeping its output (shared with the next layer that keeps it) and
     ``1/std`` per row instead of its input. Falls back to PyTorch's own when the affine weight
@@ -96,8 +102,11 @@ class CompressedLayerNorm(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
-        if (len(self.normalized_shape) != 1 or w is None or not _records_graph(x, w, self.bias)
-                or bool((w == 0).any())):
+        if len(self.normalized_shape) != 1 or w is None or not _records_graph(x, w, self.bias):
+            return super().forward(x)
+        if torch.compiler.is_compiling():  # no data-dependent branch in a graph: a check in it
+            torch._assert_async((w != 0).all(), _ZERO_WEIGHT_UNDER_COMPILE)
+        elif bool((w == 0).any()):
             return super().forward(x)
         return LayerNormFn.apply(x, w, self.bias, self.eps, self.compress_mode)
 
