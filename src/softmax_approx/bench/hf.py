@@ -180,13 +180,13 @@ CONFIGURATIONS = {
     "checkpoint-every-other": ("activation checkpointing, every other layer", lambda r: _checkpoint_layers(r, 2, False)),
     "selective-checkpoint": ("selective checkpointing (keep matmul outputs)", lambda r: _checkpoint_layers(r, 1, True)),
     "compress-exact": ("compress_activations, exact", lambda r: _compress(r, "exact")),
-    "compress-int8": ("compress_activations, int8", lambda r: _compress(r, "int8")),
-    "compress-int8-ln16": ("compress_activations, int8, LayerNorm output int16", lambda r: _compress(r, "int8", "int16")),
-    "compress-int8-ln8": ("compress_activations, int8, LayerNorm output int8", lambda r: _compress(r, "int8", "int8")),
+    "compress-int8-ln16": ("compress_activations, int8 (LayerNorm output int16)", lambda r: _compress(r, "int8", "int16")),
+    "compress-int8": ("variant: compress_activations, int8, LayerNorm shared", lambda r: _compress(r, "int8")),
+    "compress-int8-ln8": ("variant: compress_activations, int8, LayerNorm output int8", lambda r: _compress(r, "int8", "int8")),
 }
 PEER_IMPLEMENTATIONS = ("eager", "sdpa", "sdpa-no-attention-dropout", "checkpoint", "checkpoint-every-other",
                         "selective-checkpoint", "exact", "recompute", "quant:bits=8", "topk:keep_ratio=0.125",
-                        "paper:S=5", "compress-exact", "compress-int8", "compress-int8-ln16", "compress-int8-ln8")
+                        "paper:S=5", "compress-exact", "compress-int8-ln16", "compress-int8", "compress-int8-ln8")
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:
